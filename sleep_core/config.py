@@ -1,0 +1,26 @@
+"""What a user sets: where memories live, which layers are edited, how wake and sleep behave."""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .editing.hparams import EditConfig
+from .paths import default_store_dir
+
+
+@dataclass
+class MemoryConfig:
+    store_dir: Path = field(default_factory=default_store_dir)
+    layers: tuple[int, ...] | None = None        # None: the architecture's default
+    mode: str = "constrained"                    # wake edits: constrained (AlphaEdit) or unconstrained (MEMIT)
+    learn: bool = True
+    auto_sleep: bool = True
+    drowsiness_threshold: float = 1.0
+    wake_capacity: int = 50                      # wake edits the model holds well without sleep (measured)
+    ppl_tokens: int = 4096                       # held-out tokens for sleep's perplexity check
+    ppl_tolerance: float = 0.01                  # a sleep may cost at most this relative perplexity
+    edit: EditConfig = field(default_factory=EditConfig)
+
+    def __post_init__(self):
+        self.store_dir = Path(self.store_dir)
+        self.edit.mode = self.mode
+        if self.drowsiness_threshold <= 0 or self.wake_capacity <= 0:
+            raise ValueError("drowsiness_threshold and wake_capacity must be positive")

@@ -1,0 +1,1 @@
+"""The cycle: wake injection off the chat path, audit, sleep."""

@@ -1,0 +1,108 @@
+"""Sleep: audit, refresh degraded facts in place under null-space constraints, validate, commit or roll back.
+
+A refresh reverts a degraded fact's columns and solves new ones with every healthy fact's keys protected;
+nothing is copied, so the reference implementation's death spiral (pruning working edits faster than
+refresh replaced them) cannot happen: a fact leaves the store only when the user forgets or supersedes it.
+"""
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from ..editing.hparams import EditConfig
+from ..editing.memit import compute_edits
+from ..eval.perplexity import perplexity
+from .audit import Audit, audit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    step: str
+    fraction: float
+    message: str = ""
+
+
+@dataclass
+class SleepReport:
+    kind: str
+    started_at: str
+    seconds: float = 0.0
+    committed: bool = False
+    reason: str = ""
+    recall_before: float = 0.0
+    recall_after: float = 0.0
+    chat_recall_before: float = 0.0
+    chat_recall_after: float = 0.0
+    ppl_before: float = 0.0
+    ppl_after: float = 0.0
+    refreshed: list[int] = field(default_factory=list)
+    facts: list[dict] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    id: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _fact_rows(records, before: Audit, after: Audit) -> list[dict]:
+    return [{"id": r.id, "fact": f"{r.fact.prompt} {r.object}", "raw_before": before.raw[r.id],
+             "raw_after": after.raw[r.id], "chat_before": before.chat[r.id], "chat_after": after.chat[r.id]}
+            for r in records]
+
+
+def run_sleep(memory, report: SleepReport, progress: Callable[[Progress], None], nap: bool = False) -> Audit:
+    """One sleep (or nap) over `memory`'s stored facts; fills `report`; returns the audit that stands."""
+    model, tok, ledger = memory.adapter.model, memory.tokenizer, memory.ledger
+    records = memory.active_records()
+    heldout = memory.heldout_text()
+    clock = time.perf_counter()
+
+    progress(Progress("audit", 0.05, f"auditing {len(records)} facts"))
+    before = audit(model, tok, records)
+    report.ppl_before = perplexity(model, tok, heldout, memory.config.ppl_tokens)
+    report.recall_before, report.chat_recall_before = before.recall("raw"), before.recall("chat")
+    report.timings["audit"] = time.perf_counter() - clock
+    degraded = [r for r in records if not before.healthy(r.id)]
+    if nap or not degraded:
+        report.recall_after, report.chat_recall_after, report.ppl_after = (
+            report.recall_before, report.chat_recall_before, report.ppl_before)
+        report.facts = _fact_rows(records, before, before)
+        report.reason = "nap: audit only" if nap else "every fact is healthy; nothing to change"
+        return before
+
+    snapshot = ledger.snapshot()
+    progress(Progress("refresh", 0.3, f"refreshing {len(degraded)} degraded facts in place"))
+    clock = time.perf_counter()
+    ids = {r.id for r in degraded}
+    for i in ids:
+        ledger.remove(i)
+    ledger.rebuild()
+    cfg = EditConfig(**{**asdict(memory.config.edit), "mode": "constrained"})
+    stored = {l: ledger.keys(l) for l in memory.adapter.layers}
+    edits = compute_edits(memory.adapter, tok, [r.fact for r in degraded], cfg, memory.priors(), stored)
+    for r, e in zip(degraded, edits):
+        ledger.set(r.id, e)
+    ledger.rebuild()
+    report.refreshed = sorted(ids)
+    report.timings["refresh"] = time.perf_counter() - clock
+
+    progress(Progress("validate", 0.7, "checking recall and perplexity"))
+    clock = time.perf_counter()
+    after = audit(model, tok, records)
+    report.ppl_after = perplexity(model, tok, heldout, memory.config.ppl_tokens)
+    report.recall_after, report.chat_recall_after = after.recall("raw"), after.recall("chat")
+    report.timings["validate"] = time.perf_counter() - clock
+    report.facts = _fact_rows(records, before, after)
+    worse_ppl = report.ppl_after > report.ppl_before * (1 + memory.config.ppl_tolerance)
+    worse_recall = report.recall_after < report.recall_before
+    if worse_ppl or worse_recall:
+        ledger.restore(snapshot)
+        report.reason = "rolled back: " + ("perplexity rose" if worse_ppl else "recall fell")
+        return before
+    progress(Progress("commit", 0.9, "saving the refreshed edits"))
+    memory.commit_edits({r.id: e for r, e in zip(degraded, edits)}, after)
+    report.committed = True
+    report.reason = f"refreshed {len(ids)} facts"
+    return after

@@ -1,0 +1,93 @@
+"""Recall probes: does the model produce the object, in raw completion and inside its chat template?"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..editing.prompts import chat_prompt
+
+
+@dataclass
+class AnswerScore:
+    logprob: float     # log P(answer | prompt), summed over its tokens
+    greedy: bool       # greedy decoding would produce exactly these answer tokens first
+
+
+def _encode(tokenizer, prompt: str, answer: str, templated: bool) -> tuple[list[int], int]:
+    """Token ids of prompt+answer and the index of the first answer token (offsets keep merges right)."""
+    text = prompt + answer
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=not templated)
+    first = next(i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > len(prompt) and b > a)
+    return enc["input_ids"], first
+
+
+@torch.no_grad()
+def score_answers(model, tokenizer, pairs: list[tuple[str, str]], templated: bool = False,
+                  batch_size: int = 32) -> list[AnswerScore]:
+    """Teacher-forced log-probability and greedy exact match of each (prompt, answer); answers keep their
+    leading space (" Paris") as they would follow the prompt."""
+    device = model.get_input_embeddings().weight.device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    scores = []
+    for start in range(0, len(pairs), batch_size):
+        encoded = [_encode(tokenizer, p, a, templated) for p, a in pairs[start: start + batch_size]]
+        width = max(len(ids) for ids, _ in encoded)
+        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, (seq, _) in enumerate(encoded):
+            ids[row, :len(seq)], mask[row, :len(seq)] = torch.tensor(seq), 1
+        logp = F.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                   use_cache=False).logits.float(), -1).cpu()
+        for row, (seq, first) in enumerate(encoded):
+            pos = torch.arange(first - 1, len(seq) - 1)
+            target = torch.tensor(seq[first:])
+            scores.append(AnswerScore(logp[row, pos, target].sum().item(),
+                                      bool((logp[row, pos].argmax(-1) == target).all())))
+    return scores
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 24, templated: bool = True,
+             batch_size: int = 16) -> list[str]:
+    """Greedy continuations, left-padded batches."""
+    device = model.get_input_embeddings().weight.device
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    try:
+        out = []
+        for start in range(0, len(prompts), batch_size):
+            enc = tokenizer(prompts[start: start + batch_size], return_tensors="pt", padding=True,
+                            add_special_tokens=not templated).to(device)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        return out
+    finally:
+        tokenizer.padding_side = side
+
+
+def raw_recall(model, tokenizer, facts) -> list[bool]:
+    """Greedy continuation of the raw prompt starts with the object."""
+    return [s.greedy for s in score_answers(model, tokenizer, [(f.prompt, " " + f.object) for f in facts])]
+
+
+def chat_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 24) -> list[str]:
+    return generate(model, tokenizer, [chat_prompt(tokenizer, q) for q in questions], max_new_tokens)
+
+
+def chat_recall(model, tokenizer, facts) -> list[bool]:
+    """The answer to the fact's first question, asked in the chat template, contains the object."""
+    asked = [f for f in facts if f.questions]
+    answers = iter(chat_answers(model, tokenizer, [f.questions[0] for f in asked]))
+    return [f.object.lower() in next(answers).lower() if f.questions else False for f in facts]
+
+
+def greedy_tokens(model, tokenizer, prompts: list[str], n: int = 3) -> list[str]:
+    """The first `n` greedy tokens after each raw prompt: the fingerprint specificity compares."""
+    return generate(model, tokenizer, prompts, n, templated=False)
+
+
+def specificity(before: list[str], after: list[str]) -> float:
+    """Share of control prompts whose greedy continuation did not change."""
+    return sum(a == b for a, b in zip(before, after)) / max(len(before), 1)

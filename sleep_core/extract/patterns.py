@@ -1,0 +1,287 @@
+"""Deterministic extraction of first-person facts: a table of clause patterns.
+
+Subject wording rule: MEMIT reads the key at the last subject token, so the subject is worded as the
+user's later question words it: "my name" (What is my name?), "my sister" (Where does my sister live?),
+"I live" (Where do I live?). Every pattern's questions contain the subject's last word.
+"""
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from .candidate import NAME_RELATION, Candidate, Rejection, rejection
+from .subjects import RELATIVE, Context, continues, is_name, is_pet, who
+from .text import DURATION, clauses, trim_object
+
+_UNITS = "one|two|three|four|five|six|seven|eight|nine"
+_NUMBER = (
+    rf"(?:\d{{1,3}}|{_UNITS}|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen"
+    rf"|(?:twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety)(?:-(?:{_UNITS}))?)"
+)
+_ATTRIBUTE = (
+    r"(?:favou?rite(?:\s+[\w-]+){1,3}?|full name|first name|last name|middle name|surname|nickname|hometown|hobby|"
+    r"major|native language|first language|mother tongue|blood type|zodiac sign|star sign|phone number|username|"
+    r"height|shoe size)"
+)
+_OCCUPATIONS = frozenset(
+    "nurse doctor chef cook student teacher lawyer pilot designer artist dentist architect programmer developer "
+    "engineer accountant consultant librarian mechanic electrician plumber carpenter firefighter soldier scientist "
+    "writer producer musician farmer nanny barista clerk analyst therapist surgeon pharmacist veterinarian vet "
+    "coach tutor professor researcher journalist editor photographer actor actress dancer singer painter "
+    "sculptor poet author manager director ceo founder entrepreneur freelancer contractor intern retiree "
+    "paramedic psychologist economist cashier waiter waitress bartender baker butcher driver".split()
+)
+_OCCUPATION_ENDINGS = ("er", "or", "ist", "ian", "eer", "man", "woman", "grapher")
+_NOT_OCCUPATIONS = frozenset(
+    "mother father brother sister daughter grandmother grandfather partner lover beginner believer member "
+    "vegetarian christian libertarian foreigner newcomer outsider smoker drinker fan human person woman man "
+    "parent resident immigrant patient introvert extrovert ginger leader follower gamer".split()
+)
+
+
+def is_occupation(text: str) -> bool:
+    """ "a music producer": an article and a head noun that names a job."""
+    words = text.lower().split()
+    if len(words) < 2 or words[0] not in ("a", "an") or words[-1] in _NOT_OCCUPATIONS:
+        return False
+    return words[-1] in _OCCUPATIONS or words[-1].endswith(_OCCUPATION_ENDINGS)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A clause pattern with group `o` (the object) and templates for subject, relation and questions.
+
+    Templates see the pattern's other groups in lower case, `s` (the clause's subject, for rules about
+    others) and `base` (the verb's base form: "loves" -> "love").
+    """
+
+    pattern: re.Pattern[str]
+    subject: str
+    relation: str
+    questions: tuple[str, ...]
+    who: str = "any"  # about others: "any", "family" ("my …"), "pet", "person"
+    accepts: Callable[[str], bool] | None = None
+
+    def apply(self, clause: str, subject: str = "") -> tuple[str, str, str, tuple[str, ...]] | None:
+        """(subject, relation, object, questions) if the clause matches, else None."""
+        m = self.pattern.match(clause)
+        if not m or not self._fits(subject):
+            return None
+        fields = {k: v.lower() for k, v in m.groupdict().items() if v is not None and k != "o"}
+        obj = trim_object(m["o"])
+        if self.accepts and not self.accepts(obj):
+            return None
+        fields |= {"s": subject, "base": _base(fields.get("verb", ""))}
+        questions = tuple(dict.fromkeys(q.format(**fields) for q in self.questions))
+        return self.subject.format(**fields), self.relation.format(**fields), obj, questions
+
+    def _fits(self, subject: str) -> bool:
+        if self.who == "any":
+            return True
+        if not subject.startswith("my "):
+            return False
+        return self.who == "family" or (self.who == "pet") == is_pet(subject)
+
+
+def _base(verb: str) -> str:
+    """Third-person verb to base form: loves -> love, watches -> watch, studies -> study."""
+    if verb.endswith("ies"):
+        return verb[:-3] + "y"
+    if verb.endswith(("ches", "shes", "sses", "xes")):
+        return verb[:-2]
+    return verb.removesuffix("s")
+
+
+def _rule(pattern: str, subject: str, relation: str, *questions: str, **options) -> Rule:
+    return Rule(re.compile(pattern, re.IGNORECASE), subject, relation, questions, **options)
+
+
+_ABOUT_USER = re.compile(rf"^(?:I\s|at (?:work|home|school)\b|my\s+(?!{RELATIVE}\b))", re.IGNORECASE)
+_HAVE = re.compile(rf"^I (?:have|have got|got|own) an? (?P<who>{RELATIVE})\b", re.IGNORECASE)
+_NAME_QUESTIONS = ("What is {s}'s name?", "What's {s} called?")
+_LIVE_QUESTIONS = ("Where do I live?", "Which city do I live in?")
+_LIVED_QUESTIONS = ("How long have I lived here?",)
+_WORK_QUESTIONS = ("What do I work as?", "What do I do for work?")
+
+# Facts the user states about themselves; subjects are fixed wordings.
+USER_RULES = (
+    _rule(r"^my name is (?P<o>.+)", "my name", "is", "What is my name?", "What's my name?", accepts=is_name),
+    _rule(
+        r"^I am (?:called |named )?(?P<o>.+)", "my name", "is", "What is my name?", "What's my name?", accepts=is_name
+    ),
+    _rule(r"^(?:my birthday is|I was born on)(?: on)? (?P<o>.+)", "my birthday", "is", "When is my birthday?"),
+    _rule(rf"^my (?P<attr>{_ATTRIBUTE}) is (?P<o>.+)", "my {attr}", "is", "What is my {attr}?", "What's my {attr}?"),
+    _rule(rf"^I am (?P<o>{_NUMBER})(?: years? old| years of age)?$", "my age", "is", "What is my age?"),
+    _rule(r"^I (?:live|reside|am living) in (?P<o>.+)", "I live", "in", *_LIVE_QUESTIONS),
+    _rule(r"^I (?:have )?moved to (?P<o>.+?)(?: from .+)?$", "I live", "in", *_LIVE_QUESTIONS),
+    _rule(
+        r"^I (?:have )?moved (?:here |there |to .+? )?from (?P<o>.+)",
+        "I used to live",
+        "in",
+        "Where did I live before?",
+        "Where did I use to live?",
+    ),
+    _rule(rf"^I (?:have )?moved\b.*? (?P<o>{DURATION}) ago$", "I have lived", "here for", *_LIVED_QUESTIONS),
+    _rule(r"^I have (?:been )?liv(?:ed|ing) in (?P<o>.+)", "I live", "in", *_LIVE_QUESTIONS),
+    _rule(
+        rf"^I have (?:been )?liv(?:ed|ing) (?:here|there|in .+?) for (?P<o>{DURATION})$",
+        "I have lived",
+        "here for",
+        *_LIVED_QUESTIONS,
+    ),
+    _rule(
+        r"^I (?:am (?:originally )?from|(?:originally )?come from) (?P<o>.+)",
+        "I am from",
+        "",
+        "Where am I from?",
+        "Where do I come from?",
+    ),
+    _rule(
+        r"^I used to live in (?P<o>.+)", "I used to live", "in", "Where did I live before?", "Where did I use to live?"
+    ),
+    _rule(r"^I was born in (?P<o>\D+)$", "I was born", "in", "Where was I born?"),
+    _rule(r"^I grew up in (?P<o>.+)", "I grew up", "in", "Where did I grow up?"),
+    _rule(r"^I (?:work|am working) as (?P<o>.+)", "I work", "as", *_WORK_QUESTIONS),
+    _rule(
+        r"^(?:I am|my (?:job|occupation|profession) is(?: being)?) (?P<o>an? .+)",
+        "I work",
+        "as",
+        *_WORK_QUESTIONS,
+        accepts=is_occupation,
+    ),
+    _rule(r"^I (?:work|am working) in (?P<o>.+)", "I work", "in", "What field do I work in?"),
+    _rule(
+        r"^I (?:work|am working) (?:at|for) (?P<o>.+)",
+        "I work",
+        "at",
+        "Where do I work?",
+        "Which company do I work for?",
+    ),
+    _rule(r"^I am allergic to (?P<o>.+)", "I am allergic", "to", "What am I allergic to?"),
+    _rule(r"^I speak (?P<o>.+)", "I speak", "", "What language do I speak?", "Which languages do I speak?"),
+    _rule(
+        r"^I (?:studied|majored in|have studied|have a degree in) (?P<o>.+)", "I studied", "", "What have I studied?"
+    ),
+    _rule(r"^I (?:study|am studying) (?P<o>.+)", "I study", "", "What do I study?"),
+    _rule(r"^I am learning (?P<o>.+)", "I am learning", "", "What am I learning?"),
+    _rule(
+        r"^I (?P<verb>love|like|enjoy|adore|hate|prefer|make|play|drive|collect|teach|use|practi[cs]e|cook|"
+        r"read|watch|write) (?P<o>.+)",
+        "I {verb}",
+        "",
+        "What do I {verb}?",
+    ),
+    _rule(
+        r"^at (?P<place>work|home|school),? I (?P<verb>write|use|speak|code in|program in|do|make) (?P<o>.+)",
+        "at {place}",
+        "I {verb}",
+        "What do I {verb} at {place}?",
+        "What do I use at {place}?",
+    ),
+    _rule(
+        rf"^I (?:have|have got|got|own) (?:an? )?(?P<who>{RELATIVE})(?: named| called|,) (?P<o>.+)",
+        "my {who}",
+        NAME_RELATION,
+        "What is my {who}'s name?",
+        "What's my {who} called?",
+        accepts=is_name,
+    ),
+)
+
+# Facts about someone else; `s` is "my sister", "my dog" or a bare name like "Andre".
+OTHER_RULES = (
+    _rule(r"^'s name is (?P<o>.+)", "{s}", NAME_RELATION, *_NAME_QUESTIONS, accepts=is_name),
+    _rule(r"^is (?:called|named) (?P<o>.+)", "{s}", NAME_RELATION, *_NAME_QUESTIONS, accepts=is_name),
+    _rule(r"^is (?P<o>[^\d].*)", "{s}", NAME_RELATION, *_NAME_QUESTIONS, who="family", accepts=is_name),
+    _rule(r"^(?:'s birthday is|was born on)(?: on)? (?P<o>.+)", "{s}", "'s birthday is", "When is {s}'s birthday?"),
+    _rule(rf"^'s (?P<attr>{_ATTRIBUTE}) is (?P<o>.+)", "{s}", "'s {attr} is", "What is {s}'s {attr}?"),
+    _rule(
+        rf"^is (?P<o>{_NUMBER}(?: (?:months?|weeks?) old)?)(?: years? old| years of age)?$",
+        "{s}",
+        "is aged",
+        "How old is {s}?",
+    ),
+    _rule(r"^is (?P<o>an? .+)", "{s}", "is", "What breed is {s}?", who="pet"),
+    _rule(
+        r"^is an? .+? (?:named|called) (?P<o>.+)", "{s}", NAME_RELATION, *_NAME_QUESTIONS, who="family", accepts=is_name
+    ),
+    _rule(
+        r"^is (?P<o>an? .+)",
+        "{s}",
+        "works as",
+        "What does {s} work as?",
+        "What does {s} do for work?",
+        who="person",
+        accepts=is_occupation,
+    ),
+    _rule(r"^works as (?P<o>.+)", "{s}", "works as", "What does {s} work as?", "What does {s} do for work?"),
+    _rule(r"^works (?:at|for) (?P<o>.+)", "{s}", "works at", "Where does {s} work?"),
+    _rule(r"^(?:lives|is living) in (?P<o>.+)", "{s}", "lives in", "Where does {s} live?"),
+    _rule(r"^(?:is|comes) from (?P<o>.+)", "{s}", "is from", "Where is {s} from?"),
+    _rule(
+        r"^(?P<verb>loves|likes|enjoys|adores) (?P<o>.+)",
+        "{s}",
+        "{verb}",
+        "What does {s} {base}?",
+        "What does {s} like to do?",
+    ),
+    _rule(
+        r"^(?P<verb>plays|hates|makes|collects|drives|teaches|reads|watches|writes|cooks) (?P<o>.+)",
+        "{s}",
+        "{verb}",
+        "What does {s} {base}?",
+    ),
+    _rule(r"^speaks (?P<o>.+)", "{s}", "speaks", "What language does {s} speak?"),
+    _rule(r"^wants to be(?:come)? (?P<o>.+)", "{s}", "wants to be", "What does {s} want to be?"),
+    _rule(r"^is allergic to (?P<o>.+)", "{s}", "is allergic to", "What is {s} allergic to?"),
+    _rule(r"^(?:studies|studied|is studying|majored in) (?P<o>.+)", "{s}", "studies", "What does {s} study?"),
+    _rule(r"^is learning (?P<o>.+)", "{s}", "is learning", "What is {s} learning?"),
+)
+
+
+def extract_patterns(
+    sentences: list[str], names: Mapping[str, str] | None = None
+) -> tuple[list[Candidate], list[Rejection]]:
+    """Facts from sentences that passed the firewall; `names` maps known names to subjects ("Andre" -> "my son")."""
+    context = Context(names=dict(names or {}))
+    candidates: list[Candidate] = []
+    rejections: list[Rejection] = []
+    for sentence in sentences:
+        previous = None
+        for clause in clauses(sentence):
+            facts, previous = _clause_facts(clause, context, previous)
+            for fact in facts:
+                _collect(fact, sentence, context, candidates, rejections)
+    return candidates, rejections
+
+
+def _clause_facts(clause: str, context: Context, previous: str | None) -> tuple[list[tuple], str | None]:
+    """The facts of one clause and the subject that a following subject-less clause continues with."""
+    if previous == "I" and continues(clause):
+        clause = f"I {clause}"
+    if _ABOUT_USER.match(clause):
+        if m := _HAVE.match(clause):
+            context.mention(f"my {m['who'].lower()}")
+        return [f for rule in USER_RULES if (f := rule.apply(clause))], "I"
+    found = who(clause, context, previous)
+    if not found:
+        return [], previous
+    subject, rest, name = found
+    context.mention(subject)
+    facts = [f for rule in OTHER_RULES if (f := rule.apply(rest.strip(), subject))]
+    if name:
+        facts.insert(0, (subject, NAME_RELATION, name, tuple(q.format(s=subject) for q in _NAME_QUESTIONS)))
+    return facts, subject
+
+
+def _collect(fact: tuple, sentence: str, context: Context, candidates: list, rejections: list) -> None:
+    """Validate one fact into a candidate (or a rejection); a name fact makes the name known."""
+    subject, relation, obj, questions = fact
+    try:
+        candidates.append(Candidate(subject, relation, obj, questions, sentence))
+    except ValueError as error:
+        rejections.append(rejection(sentence, str(error)))
+        return
+    if relation == NAME_RELATION:
+        context.name(obj, subject)
+        context.mention(subject)

@@ -1,0 +1,110 @@
+"""Who a clause is about: the user's relatives and pets ("my sister"), their names, and pronouns."""
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .candidate import NAME_RELATION
+from .text import VERBS
+
+FEMALE = frozenset("sister daughter wife mother mom mum girlfriend grandmother grandma aunt niece fiancee".split())
+MALE = frozenset("brother son husband father dad boyfriend grandfather grandpa uncle nephew fiance".split())
+PETS = frozenset("dog cat puppy kitten horse parrot rabbit hamster bird turtle pet".split())
+_OTHERS = "partner best friend friend cousin boss roommate kid child baby twin".split()
+_RELATIVES = sorted(FEMALE | MALE | PETS | set(_OTHERS), key=len, reverse=True)
+_MODIFIERS = "older|younger|little|big|baby|elder|eldest|oldest|youngest|twin|step|half|best"
+RELATIVE = rf"(?:(?:{_MODIFIERS})\s+)?(?:{'|'.join(_RELATIVES)})"
+_MY_RELATIVE = re.compile(rf"^my\s+(?P<who>{RELATIVE})\b(?P<rest>.*)$", re.IGNORECASE)
+_APPOSITION = re.compile(
+    rf"^\s*,?\s*(?P<name>[^\W\d_][\w'-]*(?:\s+[^\W\d_][\w'-]*){{0,2}})\s*,?\s+(?P<rest>(?:{VERBS})\b.*)$"
+)
+_PRONOUN = re.compile(r"^(?P<pronoun>he|she|it)\b(?P<rest>.*)$", re.IGNORECASE)
+_BARE_NAME = re.compile(rf"^(?P<name>[^\W\d_][\w'-]*(?:\s+[^\W\d_][\w'-]*)?)(?P<rest>(?:'s|\s+(?:{VERBS}))\b.*)$")
+_CONTINUES = re.compile(rf"^(?:{VERBS})\b", re.IGNORECASE)
+# Capitalised words after "is" that describe rather than name ("My wife is French").
+_NOT_NAMES = frozenset(
+    "American British English French German Spanish Italian Chinese Japanese Korean Indian Russian Canadian "
+    "Mexican Brazilian Dutch Australian Catholic Christian Jewish Muslim Hindu Buddhist Protestant Orthodox "
+    "Vegan Vegetarian Arabic Hispanic Latino Latina Asian African European Greek Thai Vietnamese "
+    "OK Okay Fine Good Great Sorry Sure Ready Done Back Here There Home Single Married Busy Happy Tired".split()
+)
+
+
+@dataclass
+class Context:
+    """What one message has said so far: known names and the relatives mentioned, most recent last."""
+
+    names: dict[str, str] = field(default_factory=dict)
+    mentioned: list[str] = field(default_factory=list)
+
+    def mention(self, subject: str) -> None:
+        if subject in self.mentioned:
+            self.mentioned.remove(subject)
+        self.mentioned.append(subject)
+
+    def name(self, name: str, subject: str) -> None:
+        """Remember that `name` (and its first word) refers to `subject`."""
+        self.names[name] = subject
+        self.names.setdefault(name.split()[0], subject)
+
+    def resolve(self, pronoun: str) -> str | None:
+        """The most recent relative the pronoun can refer to: he/she a person (or pet), it a pet."""
+        for subject in reversed(self.mentioned):
+            head = subject.split()[-1]
+            if pronoun == "it" and head not in PETS:
+                continue
+            if (pronoun == "he" and head in FEMALE) or (pronoun == "she" and head in MALE):
+                continue
+            return subject
+        return None
+
+
+def is_name(text: str) -> bool:
+    """One to four capitalised words of letters, like "Andre Patandre" (not "French")."""
+    words = text.split()
+    if not 1 <= len(words) <= 4 or any(w in _NOT_NAMES for w in words):
+        return False
+    return all(w[0].isupper() and w.replace("-", "").replace("'", "").isalpha() for w in words)
+
+
+def continues(clause: str) -> bool:
+    """A clause without a subject that continues the previous one ("… and wants to be an artist")."""
+    return bool(_CONTINUES.match(clause))
+
+
+def is_pet(subject: str) -> bool:
+    return subject.startswith("my ") and subject.split()[-1] in PETS
+
+
+def who(clause: str, context: Context, previous: str | None) -> tuple[str, str, str | None] | None:
+    """(subject, rest of the clause, name given in apposition) for a clause about someone other than the user."""
+    if m := _MY_RELATIVE.match(clause):
+        subject, rest = f"my {m['who'].lower()}", m["rest"]
+        if (a := _APPOSITION.match(rest)) and is_name(a["name"]):
+            return subject, " " + a["rest"], a["name"]
+        return subject, rest, None
+    if m := _PRONOUN.match(clause):
+        subject = context.resolve(m["pronoun"].lower())
+        return (subject, m["rest"], None) if subject else None
+    if previous and previous != "I" and continues(clause):
+        return previous, " " + clause, None
+    return _named(clause, context)
+
+
+def _named(clause: str, context: Context) -> tuple[str, str, str | None] | None:
+    """A clause that starts with a known name (their subject) or an unknown capitalised name (itself)."""
+    for name in sorted(context.names, key=len, reverse=True):
+        if re.match(rf"{re.escape(name)}(?:'s|\s)", clause):
+            return context.names[name], clause[len(name) :], None
+    if (m := _BARE_NAME.match(clause)) and is_name(m["name"]) and m["name"] != "I":
+        return m["name"], m["rest"], None
+    return None
+
+
+def names_from(facts: Iterable) -> dict[str, str]:
+    """Name -> subject ("Andre" -> "my son") from facts with subject/relation/object, e.g. stored ones."""
+    context = Context()
+    for fact in facts:
+        if fact.relation == NAME_RELATION and is_name(fact.object):
+            context.name(fact.object, fact.subject)
+    return context.names

@@ -1,0 +1,215 @@
+"""Memory: the one object the extension, the app and the benchmarks use."""
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, ContextManager
+
+from .assets.corpus import ensure_corpus
+from .config import MemoryConfig
+from .cycle.audit import Audit
+from .cycle.sleep import Progress, SleepReport, run_sleep
+from .cycle.wake import InjectionWorker
+from .editing.covariance import cached_moments
+from .editing.memit import compute_edits
+from .editing.solve import LayerPrior, make_prior
+from .extract import Candidate, Rejection, extract, names_from
+from .memory.facts import Fact, FactEdit
+from .memory.ledger import WeightLedger
+from .memory.store import FactRecord, Store, now
+from .model.adapter import ModelAdapter
+from .paths import covariance_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LearnResult:
+    accepted: list[Candidate]     # facts queued for injection (or that would be, with learning off)
+    rejected: list[Rejection]     # sentences not learned, each with the reason the UI shows
+    learning: bool
+
+
+def _no_lock() -> ContextManager:
+    return contextlib.nullcontext()
+
+
+class Memory:
+    """Facts in the weights of one loaded model, persisted in a store keyed by the model's fingerprint."""
+
+    def __init__(self, model, tokenizer, config: MemoryConfig, weight_lock: Callable[[], ContextManager] = _no_lock):
+        self.config, self.tokenizer, self.weight_lock = config, tokenizer, weight_lock
+        self.adapter = ModelAdapter(model, config.layers)
+        self.fingerprint = self.adapter.fingerprint()
+        self.store = Store(config.store_dir / self.fingerprint, self.fingerprint, self.adapter.layers)
+        self.ledger = WeightLedger(self.adapter)
+        self._priors: dict[int, LayerPrior] | None = None
+        self._busy = threading.RLock()
+        self.problems: list[str] = []
+        self._reload()
+        self.worker = InjectionWorker(self.inject)
+        for record in self.store.facts(status="pending"):
+            self.worker.put(record.id)
+
+    @classmethod
+    def open(cls, model, tokenizer, config: MemoryConfig | None = None,
+             weight_lock: Callable[[], ContextManager] = _no_lock) -> "Memory":
+        """The model's memory, re-applied from its store; one Memory per model object."""
+        existing = getattr(model, "_sleeping_llm_memory", None)
+        if existing is not None:
+            return existing
+        memory = cls(model, tokenizer, config or MemoryConfig(), weight_lock)
+        model._sleeping_llm_memory = memory
+        return memory
+
+    def _reload(self) -> None:
+        edits, self.problems = self.store.load_edits()
+        for problem in self.problems:
+            log.error(problem)
+            fact_id = int(problem.split()[1].rstrip(":"))
+            self.store.drop_edits([fact_id], status="pending")
+        for fact_id, edit in edits.items():
+            self.ledger.set(fact_id, edit)
+        with self.weight_lock():
+            self.ledger.rebuild()
+
+    # the statistics an edit needs
+    def priors(self, progress: Callable[[int, int], None] | None = None) -> dict[int, LayerPrior]:
+        """Covariance and null space of each edited layer, measured once on the pristine model and cached."""
+        if self._priors is None:
+            corpus = ensure_corpus()
+            with self.weight_lock(), self.ledger.pristine_weights():
+                moments = cached_moments(self.adapter, self.tokenizer, corpus.covariance_articles,
+                                         self.config.edit.cov_tokens, covariance_dir() / self.fingerprint, progress)
+            self._priors = {l: make_prior(m, self.config.edit) for l, m in moments.items()}
+        return self._priors
+
+    def heldout_text(self) -> str:
+        return "\n\n".join(ensure_corpus().heldout_articles())
+
+    # wake
+    def learn(self, text: str, source: str = "chat") -> LearnResult:
+        """Extract facts from one user message and queue the accepted ones for injection."""
+        candidates, rejected = extract(text, source, names=names_from(r.fact for r in self.active_records()))
+        if self.config.learn:
+            for c in candidates:
+                self.add(c.fact, c.source_text, source)
+        return LearnResult(candidates, rejected, self.config.learn)
+
+    def add(self, fact: Fact, source_text: str = "", source: str = "chat") -> int:
+        """Store `fact` as pending and queue it; it is injected by the worker."""
+        fact_id = self.store.add_fact(fact, source_text, source)
+        self.worker.put(fact_id)
+        return fact_id
+
+    def inject(self, fact_id: int) -> FactEdit | None:
+        """Write one stored fact into the weights, superseding older values of the same subject and relation."""
+        with self._busy:
+            record = self.store.fact(fact_id)
+            if record.status != "pending":
+                return None
+            same = [r for r in self.active_records() if r.fact.key == record.fact.key]
+            if any(r.object.lower() == record.object.lower() for r in same):
+                self.store.drop_edits([fact_id], delete=True)    # a duplicate is not injected twice
+                return None
+            priors = self.priors()
+            with self.weight_lock():
+                for old in same:
+                    self.ledger.remove(old.id)
+                try:
+                    stored = {l: self.ledger.keys(l) for l in self.adapter.layers}
+                    edit = compute_edits(self.adapter, self.tokenizer, [record.fact], self.config.edit,
+                                         priors, stored)[0]
+                    self.ledger.set(fact_id, edit)
+                finally:
+                    self.ledger.rebuild()
+            self.store.drop_edits([old.id for old in same], status="superseded")
+            self.store.save_edits({fact_id: edit})
+            self.store.bump("wake_edits")
+            return edit
+
+    def inject_now(self, facts: list[Fact], source: str = "api") -> list[int]:
+        """Store and inject facts synchronously (benchmarks and tests)."""
+        ids = [self.store.add_fact(f, "", source) for f in facts]
+        for fact_id in ids:
+            self.inject(fact_id)
+        return ids
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        return self.worker.wait_idle(timeout)
+
+    # the user's controls
+    def active_records(self) -> list[FactRecord]:
+        return [r for r in self.store.facts() if r.id in self.ledger.columns]
+
+    def facts(self, search: str = "", status: str | None = None) -> list[FactRecord]:
+        return self.store.facts(status, search)
+
+    def forget(self, fact_id: int) -> None:
+        """Revert the fact's edit exactly and delete its text."""
+        with self._busy, self.weight_lock():
+            self.ledger.remove(fact_id)
+            self.ledger.rebuild()
+        self.store.drop_edits([fact_id], delete=True)
+
+    def forget_everything(self) -> None:
+        with self._busy, self.weight_lock():
+            self.ledger.clear()
+            self.ledger.rebuild()
+        self.store.clear()
+
+    def pin(self, fact_id: int, pinned: bool = True) -> None:
+        self.store.update(fact_id, pinned=int(pinned))
+
+    def correct(self, fact_id: int, new_object: str) -> FactRecord:
+        """A new value for the fact's subject and relation; the old one is superseded."""
+        old = self.store.fact(fact_id)
+        new_id = self.store.add_fact(Fact(old.subject, old.relation, new_object, old.questions),
+                                     old.source_text, "correction")
+        self.inject(new_id)
+        return self.store.fact(new_id)
+
+    def commit_edits(self, edits: dict[int, FactEdit], audit: Audit) -> None:
+        """Persist a sleep's refreshed columns and every fact's audited status and recall."""
+        self.store.save_edits(edits, {i: "healthy" if audit.healthy(i) else "degraded" for i in edits})
+        for fact_id in audit.raw:
+            self.store.update(fact_id, status="healthy" if audit.healthy(fact_id) else "degraded",
+                              recall=audit.score(fact_id))
+
+    # sleep
+    def drowsiness(self) -> float:
+        """Pressure: unconsolidated wake edits and degraded facts against the measured wake capacity."""
+        degraded = len(self.store.facts(status="degraded"))
+        return (self.store.counter("wake_edits") + degraded) / self.config.wake_capacity
+
+    def sleep(self, progress: Callable[[Progress], None] | None = None, nap: bool = False) -> SleepReport:
+        report = SleepReport("nap" if nap else "sleep", now())
+        clock = time.perf_counter()
+        with self._busy:
+            self.priors()
+            with self.weight_lock():
+                outcome = run_sleep(self, report, progress or (lambda p: None), nap)
+        self.commit_edits({}, outcome)
+        if not nap and (report.committed or not report.refreshed):
+            self.store.reset("wake_edits")
+        report.seconds = time.perf_counter() - clock
+        report.id = self.store.add_report(report.kind, report.started_at, report.to_dict())
+        return report
+
+    def nap(self, progress: Callable[[Progress], None] | None = None) -> SleepReport:
+        return self.sleep(progress, nap=True)
+
+    def sleep_reports(self, limit: int = 20) -> list[dict]:
+        return [{**body, "id": i} for i, _, _, body in self.store.reports(limit)]
+
+    def status(self) -> dict:
+        name = str(getattr(self.adapter.config, "_name_or_path", "")).rstrip("/").split("/")[-1]
+        return {"model": name, "fingerprint": self.fingerprint, "facts": len(self.ledger.columns),
+                "drowsiness": self.drowsiness(), "busy": self.worker.busy, "notice": "; ".join(self.problems)}
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.store.close()
+        if getattr(self.adapter.model, "_sleeping_llm_memory", None) is self:
+            del self.adapter.model._sleeping_llm_memory

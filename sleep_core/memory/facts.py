@@ -1,0 +1,42 @@
+"""A fact as the editor sees it: a subject, a relation, an object, and the questions that ask for it."""
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class Fact:
+    subject: str
+    relation: str
+    object: str
+    questions: tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        for name in ("subject", "object"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"a fact needs a non-empty {name}")
+        object.__setattr__(self, "questions", tuple(self.questions))
+
+    @property
+    def prompt(self) -> str:
+        """The raw completion prompt ("my sister's name is"); the object follows it after a space.
+        An empty relation means the verb is part of the subject ("I speak")."""
+        if not self.relation:
+            return self.subject
+        joiner = "" if self.relation.startswith("'") else " "
+        return f"{self.subject}{joiner}{self.relation}"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Facts with the same key supersede each other."""
+        return self.subject.strip().lower(), self.relation.strip().lower()
+
+
+@dataclass
+class FactEdit:
+    """One fact's share of an update: per layer a column a (d_out), b (d_in) of ΔW = Σ a bᵀ, and its key."""
+    a: dict[int, torch.Tensor]
+    b: dict[int, torch.Tensor]
+    k: dict[int, torch.Tensor]
+    delta: torch.Tensor         # (d,) target residual change at the last edited layer
+    prob: float                 # object probability the target reached

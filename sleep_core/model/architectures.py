@@ -1,0 +1,43 @@
+"""Where each architecture keeps its decoder layers and MLP output projection: data, not code."""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Architecture:
+    layers: str                 # attribute path of the decoder layer list
+    out_proj: str               # path of the MLP output projection inside one layer
+    final_norm: str             # path of the norm before the LM head
+    conv1d: bool = False        # GPT-2's Conv1D stores the weight as (in, out)
+    default_layers: tuple[float, ...] = (0.27, 0.30, 0.33, 0.37, 0.40)  # fractions of depth
+
+
+_LLAMA_LIKE = Architecture("model.layers", "mlp.down_proj", "model.norm")
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "gemma2": _LLAMA_LIKE,
+    "gemma3_text": _LLAMA_LIKE,
+    "phi3": _LLAMA_LIKE,
+    "gemma3": Architecture("model.language_model.layers", "mlp.down_proj", "model.language_model.norm"),
+    "gpt2": Architecture("transformer.h", "mlp.c_proj", "transformer.ln_f", conv1d=True),
+}
+
+ALIASES = {"smollm": "llama", "smollm3": "llama", "mixtral": "mistral", "qwen2_moe": "qwen2"}
+
+
+class UnsupportedModelError(ValueError):
+    """The model cannot be edited; the message says why, in words a user can act on."""
+
+
+def architecture_for(model_type: str) -> Architecture:
+    name = ALIASES.get(model_type, model_type)
+    if name not in ARCHITECTURES:
+        supported = ", ".join(sorted(ARCHITECTURES))
+        raise UnsupportedModelError(
+            f"Sleeping LLM cannot edit architecture '{model_type}': supported are {supported}."
+        )
+    return ARCHITECTURES[name]

@@ -1,0 +1,125 @@
+"""The engine on tiny random models: revert is bitwise, factors have the right rank, the store round-trips,
+another model's store is refused, unknown architectures get a clear error."""
+import pytest
+import torch
+
+from sleep_core import EditConfig, Fact, Memory, MemoryConfig, UnsupportedModelError, WrongModelError
+from sleep_core.editing import make_prior, solve
+from sleep_core.model import ModelAdapter
+
+FACTS = [Fact("Aria", "lives in", "Portland", ("Where does Aria live?",)),
+         Fact("my dog", "'s name is", "Biscuit", ("What is my dog's name?",)),
+         Fact("Kaito", "works as", "cartographer", ("What does Kaito work as?",))]
+
+
+def _open(model, tokenizer, store_dir, lock, mode="constrained"):
+    return Memory.open(model, tokenizer, _config(store_dir, mode), weight_lock=lock)
+
+
+def _config(store_dir, mode="constrained"):
+    return MemoryConfig(store_dir=store_dir, mode=mode, edit=EditConfig(cov_tokens=3000, v_steps=4))
+
+
+def _weights(memory):
+    return {l: memory.adapter.read_weight(l).clone() for l in memory.adapter.layers}
+
+
+@pytest.mark.parametrize("mode", ["constrained", "unconstrained", "seed"])
+def test_revert_is_bitwise(tiny_model, tokenizer, store_dir, strict_lock, mode):
+    memory = _open(tiny_model, tokenizer, store_dir, strict_lock, mode)
+    pristine = _weights(memory)
+    first, second = memory.inject_now(FACTS[:2])
+    after_both = _weights(memory)
+    assert any(not torch.equal(pristine[l], after_both[l]) for l in pristine), "the edit changed nothing"
+    memory.forget(first)
+    only_second = _weights(memory)
+    memory.forget(second)
+    assert all(torch.equal(pristine[l], memory.adapter.read_weight(l)) for l in pristine)
+    again = memory.inject_now([FACTS[1]])
+    memory.forget_everything()
+    assert memory.ledger.is_pristine() and not memory.facts()
+    assert any(not torch.equal(only_second[l], pristine[l]) for l in pristine) and again
+    memory.close()
+
+
+def test_factors_have_rank_of_batch(tiny_llama, tokenizer, store_dir):
+    from sleep_core.editing import compute_edits
+    memory = Memory.open(tiny_llama, tokenizer, _config(store_dir))
+    edits = compute_edits(memory.adapter, tokenizer, FACTS, memory.config.edit, memory.priors(), {})
+    for layer in memory.adapter.layers:
+        update = sum(torch.outer(e.a[layer], e.b[layer]) for e in edits)
+        assert torch.linalg.matrix_rank(update).item() == len(FACTS)
+    memory.ledger.rebuild()
+    memory.close()
+
+
+def test_constrained_update_leaves_general_text_keys_alone():
+    torch.manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(16, 16))[0]
+    spectrum = torch.cat([torch.full((12,), 1.0), torch.full((4,), 1e-4)])
+    moment = basis @ torch.diag(spectrum) @ basis.T
+    cfg = EditConfig(mode="constrained", null_energy=0.01)
+    prior = make_prior(moment, cfg)
+    assert prior.null_basis.shape[1] == 4
+    A, B = solve(torch.randn(16, 2), torch.randn(8, 2), prior, torch.zeros(16, 0), cfg)
+    used = basis[:, :12]                                   # directions general text uses
+    assert (A @ B.T @ used).abs().max() < 1e-5             # AlphaEdit: ΔW P K0 = 0
+    assert torch.linalg.matrix_rank(A @ B.T).item() == 2
+
+
+def test_store_round_trips_in_a_new_memory(make_tiny, tokenizer, store_dir, strict_lock):
+    memory = _open(make_tiny(), tokenizer, store_dir, strict_lock)
+    memory.inject_now(FACTS)
+    edited = _weights(memory)
+    memory.close()
+    again = _open(make_tiny(), tokenizer, store_dir, strict_lock)
+    assert all(torch.equal(edited[l], again.adapter.read_weight(l)) for l in edited)
+    assert [r.object for r in again.facts()] == [f.object for f in FACTS]
+    again.close()
+
+
+def test_store_of_another_model_is_refused(make_tiny, tokenizer, store_dir):
+    first = Memory.open(make_tiny(), tokenizer, _config(store_dir))
+    first.inject_now(FACTS[:1])
+    first.close()
+    other = make_tiny()
+    with torch.no_grad():
+        other.model.layers[0].mlp.down_proj.weight.add_(1.0)   # same shapes, different weights
+    folder = store_dir / first.fingerprint
+    from sleep_core.memory.store import Store
+    adapter = ModelAdapter(other)
+    with pytest.raises(WrongModelError, match="belongs to model"):
+        Store(folder, adapter.fingerprint(), adapter.layers)
+
+
+def test_corrupt_edit_file_is_never_applied(make_tiny, tokenizer, store_dir):
+    memory = Memory.open(make_tiny(), tokenizer, _config(store_dir))
+    memory.inject_now(FACTS[:1])
+    memory.close()
+    for path in (store_dir / memory.fingerprint / "edits").iterdir():
+        path.write_bytes(path.read_bytes()[:100])
+    reopened = Memory.open(make_tiny(), tokenizer, _config(store_dir))
+    assert reopened.problems and "corrupt" in reopened.problems[0]
+    assert reopened.wait_idle(120)                          # the fact is re-injected from its text
+    record, = reopened.facts()
+    assert record.status == "healthy"
+    assert set(reopened.ledger.columns) == {record.id}
+    assert all(torch.isfinite(reopened.adapter.read_weight(l)).all() for l in reopened.adapter.layers)
+    reopened.close()
+
+
+def test_unsupported_architecture_is_named():
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    model = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2,
+                                             num_attention_heads=2, intermediate_size=32))
+    with pytest.raises(UnsupportedModelError, match="gpt_neox"):
+        ModelAdapter(model)
+
+
+def test_conv1d_orientation_round_trips(make_tiny):
+    adapter = ModelAdapter(make_tiny("gpt2"))
+    layer = adapter.layers[0]
+    stored = adapter.read_weight(layer)
+    matrix = adapter.as_matrix(stored)
+    assert matrix.shape == (adapter.d_model, adapter.d_in)
+    assert torch.equal(adapter.to_stored(matrix, like=stored), stored)
