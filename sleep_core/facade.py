@@ -17,11 +17,12 @@ from .editing.solve import LayerPrior, make_prior
 from .extract import Candidate, Rejection, extract, names_from
 from .memory.facts import Fact, FactEdit
 from .memory.ledger import WeightLedger
-from .memory.store import FactRecord, Store, now
+from .memory.store import FactRecord, Store, export_document, now, read_document
 from .model.adapter import ModelAdapter
 from .paths import covariance_dir
 
 log = logging.getLogger(__name__)
+BUSY_RETRY_SECONDS = 1.0     # a queued fact waits this long before asking a busy model's weight lock again
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Memory:
         self._busy = threading.RLock()
         self.problems: list[str] = []
         self._reload()
-        self.worker = InjectionWorker(self.inject)
+        self.worker = InjectionWorker(self._inject_queued)
         for record in self.store.facts(status="pending"):
             self.worker.put(record.id)
 
@@ -129,6 +130,23 @@ class Memory:
             self.store.bump("wake_edits")
             return edit
 
+    def _inject_queued(self, fact_id: int) -> None:
+        """The worker's step: while the host's lock times out (the model is busy), the fact stays queued."""
+        try:
+            self.inject(fact_id)
+        except TimeoutError as error:
+            log.info("fact %s waits for the model: %s", fact_id, error)
+            time.sleep(BUSY_RETRY_SECONDS)
+            self.worker.put(fact_id)
+
+    def _wake_step(self, fact_id: int) -> None:
+        """The worker's unit of work: inject, then sleep if the model has become drowsy."""
+        self.inject(fact_id)
+        pressure = self.drowsiness()
+        if self.config.auto_sleep and pressure >= self.config.drowsiness_threshold:
+            log.info("drowsiness %.2f reached %.2f: sleeping", pressure, self.config.drowsiness_threshold)
+            self.sleep()
+
     def inject_now(self, facts: list[Fact], source: str = "api") -> list[int]:
         """Store and inject facts synchronously (benchmarks and tests)."""
         ids = [self.store.add_fact(f, "", source) for f in facts]
@@ -159,6 +177,29 @@ class Memory:
             self.ledger.rebuild()
         self.store.clear()
 
+    def export_json(self) -> dict:
+        """Every current fact as text, with this model's fingerprint; superseded values are left out."""
+        return export_document([r for r in self.store.facts() if r.status != "superseded"], self.fingerprint)
+
+    def import_json(self, data: dict) -> int:
+        """Queue the facts of an export for injection, all or none; returns how many were new.
+
+        Facts are text, so another model's export is accepted; its facts' source names that model."""
+        model, facts = read_document(data)
+        source = "import" if model == self.fingerprint else f"import from {model}"
+        if model != self.fingerprint:
+            log.warning("importing facts exported from another model (%s); they are re-learned here", model)
+        known = {(r.fact.key, r.object.lower()) for r in self.store.facts() if r.status != "superseded"}
+        ids = []
+        with self.store.transaction():
+            for fact, source_text, created_at, pinned in facts:
+                if (fact.key, fact.object.lower()) not in known:
+                    known.add((fact.key, fact.object.lower()))
+                    ids.append(self.store.add_fact(fact, source_text, source, created_at, pinned))
+        for fact_id in ids:
+            self.worker.put(fact_id)
+        return len(ids)
+
     def pin(self, fact_id: int, pinned: bool = True) -> None:
         self.store.update(fact_id, pinned=int(pinned))
 
@@ -167,7 +208,11 @@ class Memory:
         old = self.store.fact(fact_id)
         new_id = self.store.add_fact(Fact(old.subject, old.relation, new_object, old.questions),
                                      old.source_text, "correction")
-        self.inject(new_id)
+        try:
+            self.inject(new_id)
+        except TimeoutError:
+            self.worker.put(new_id)      # the model is busy: the correction is applied when it is free
+            raise
         return self.store.fact(new_id)
 
     def commit_edits(self, edits: dict[int, FactEdit], audit: Audit) -> None:
@@ -195,6 +240,9 @@ class Memory:
             self.store.reset("wake_edits")
         report.seconds = time.perf_counter() - clock
         report.id = self.store.add_report(report.kind, report.started_at, report.to_dict())
+        log.info("%s #%d: %s (raw recall %.2f -> %.2f, perplexity %.2f -> %.2f, %.1f s)", report.kind, report.id,
+                 report.reason, report.recall_before, report.recall_after, report.ppl_before, report.ppl_after,
+                 report.seconds)
         return report
 
     def nap(self, progress: Callable[[Progress], None] | None = None) -> SleepReport:
@@ -208,8 +256,14 @@ class Memory:
         return {"model": name, "fingerprint": self.fingerprint, "facts": len(self.ledger.columns),
                 "drowsiness": self.drowsiness(), "busy": self.worker.busy, "notice": "; ".join(self.problems)}
 
-    def close(self) -> None:
+    def close(self, restore_weights: bool = False) -> None:
+        """Stop the worker and close the store; `restore_weights` returns the model to pristine first
+        (so a new Memory with other layers or mode can be opened on the same model object)."""
         self.worker.stop()
+        if restore_weights:
+            with self._busy, self.weight_lock():
+                self.ledger.clear()
+                self.ledger.rebuild()
         self.store.close()
         if getattr(self.adapter.model, "_sleeping_llm_memory", None) is self:
             del self.adapter.model._sleeping_llm_memory

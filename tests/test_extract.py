@@ -100,7 +100,7 @@ def test_rejected_messages_teach_nothing_and_say_why(message, reason):
 
 
 def test_only_the_users_words_are_learned():
-    for source in ("assistant", "api", "system"):
+    for source in ("assistant", "tool", "system"):
         candidates, rejections = extract("My name is Bob.", source=source)
         assert candidates == [] and rejections[0].reason.startswith(fw.NOT_USER)
 

@@ -39,7 +39,7 @@ class PromptBatch:
     def model_inputs(self, device) -> dict:
         return {"input_ids": self.input_ids.to(device), "attention_mask": self.attention_mask.to(device)}
 
-    def groups(self, ratio: float = 1.5) -> list[tuple[torch.Tensor, dict]]:
+    def groups(self, ratio: float = 3.0) -> list[tuple[torch.Tensor, dict]]:
         """Rows of similar length with their trimmed inputs: short raw prompts are not padded to chat length."""
         lengths = self.attention_mask.sum(1)
         order = torch.argsort(lengths, stable=True).tolist()

@@ -5,7 +5,9 @@ step runs only the layers above it, on rows grouped by length, and stops once ev
 predicted.
 """
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -69,8 +71,26 @@ def _run_top(h: torch.Tensor, calls) -> torch.Tensor:
     return h
 
 
+@contextmanager
+def frozen(model) -> Iterator[None]:
+    """Only the delta needs gradients: weight gradients would cost more than the forward pass itself."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
 def optimize_targets(adapter: ModelAdapter, batch: PromptBatch, layer: int, cfg: EditConfig) -> Targets:
     """Adam on one delta per fact, added at its subject token in every prompt after `layer`."""
+    with frozen(adapter.model):
+        return _optimize(adapter, batch, layer, cfg)
+
+
+def _optimize(adapter: ModelAdapter, batch: PromptBatch, layer: int, cfg: EditConfig) -> Targets:
     groups = [_capture(adapter, batch, layer, rows, inputs) for rows, inputs in batch.groups()]
     n, P = batch.n_facts, len(batch.fact)
     h0 = torch.zeros(P, adapter.d_model)

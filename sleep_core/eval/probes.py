@@ -7,6 +7,13 @@ import torch.nn.functional as F
 from ..editing.prompts import chat_prompt
 
 
+# SmolLM2 adds no BOS token, so a bare prompt puts the subject on the attention-sink positions, whose
+# residual norm is ~20x any other (measured: 3,262 at layer 11); no edit of MEMIT's size moves them, and
+# no chat ever puts the subject there. Raw probes therefore read the prompt after a neutral lead-in that
+# editing never uses; benchmarks report the bare-prompt figure beside it.
+RAW_CONTEXT = "By the way, "
+
+
 @dataclass
 class AnswerScore:
     logprob: float     # log P(answer | prompt), summed over its tokens
@@ -67,9 +74,10 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 24, tem
         tokenizer.padding_side = side
 
 
-def raw_recall(model, tokenizer, facts) -> list[bool]:
-    """Greedy continuation of the raw prompt starts with the object."""
-    return [s.greedy for s in score_answers(model, tokenizer, [(f.prompt, " " + f.object) for f in facts])]
+def raw_recall(model, tokenizer, facts, context: str = RAW_CONTEXT) -> list[bool]:
+    """Greedy continuation of the raw prompt (after `context`) starts with the object."""
+    pairs = [(context + f.prompt, " " + f.object) for f in facts]
+    return [s.greedy for s in score_answers(model, tokenizer, pairs)]
 
 
 def chat_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 24) -> list[str]:
@@ -83,9 +91,9 @@ def chat_recall(model, tokenizer, facts) -> list[bool]:
     return [f.object.lower() in next(answers).lower() if f.questions else False for f in facts]
 
 
-def greedy_tokens(model, tokenizer, prompts: list[str], n: int = 3) -> list[str]:
+def greedy_tokens(model, tokenizer, prompts: list[str], n: int = 3, context: str = RAW_CONTEXT) -> list[str]:
     """The first `n` greedy tokens after each raw prompt: the fingerprint specificity compares."""
-    return generate(model, tokenizer, prompts, n, templated=False)
+    return generate(model, tokenizer, [context + p for p in prompts], n, templated=False)
 
 
 def specificity(before: list[str], after: list[str]) -> float:

@@ -8,7 +8,8 @@ that tries to instruct the model (an injection dressed as a fact) teaches nothin
 import re
 
 MAX_CHARS = 2_000
-USER_SOURCES = frozenset({"user", "chat"})
+# "api" reaches here only when the operator enabled learning from API requests (off by default).
+USER_SOURCES = frozenset({"user", "chat", "api"})
 
 NOT_USER = "not said by the user"
 TOO_LONG = "message too long to learn from"

@@ -9,7 +9,9 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +25,12 @@ from .migrations import migrate
 log = logging.getLogger(__name__)
 
 STATUSES = ("pending", "healthy", "degraded", "superseded")
+MAX_FIELD_CHARS = 1_000      # subject, relation, object, each question
+MAX_SOURCE_CHARS = 10_000    # the message a fact came from (extraction refuses longer ones too)
+EXPORT_FORMAT, EXPORT_VERSION = "sleeping-llm-memory", 1
+EXPORT_KEYS = ("format", "version", "model", "exported_at", "facts")
+EXPORT_FIELDS = {"subject": str, "relation": str, "object": str, "questions": list, "source_text": str,
+                 "created_at": str, "pinned": bool}
 
 
 class StoreError(RuntimeError):
@@ -57,6 +65,59 @@ class FactRecord:
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def check_text(fact: Fact, source_text: str) -> None:
+    """Refuse text the store cannot keep faithfully: over the size limits, NUL, unpaired surrogates."""
+    fields = {"subject": fact.subject, "relation": fact.relation, "object": fact.object, "source_text": source_text,
+              **{f"question {i + 1}": q for i, q in enumerate(fact.questions)}}
+    for name, text in fields.items():
+        if not isinstance(text, str):
+            raise ValueError(f"the fact's {name} must be text, not {type(text).__name__}")
+        limit = MAX_SOURCE_CHARS if name == "source_text" else MAX_FIELD_CHARS
+        if len(text) > limit:
+            raise ValueError(f"the fact's {name} has {len(text):,} characters; at most {limit:,} are kept")
+        if "\0" in text or any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+            raise ValueError(f"the fact's {name} contains a NUL character or an unpaired surrogate")
+
+
+def export_document(records: list[FactRecord], fingerprint: str) -> dict:
+    """Facts as text, not edits (another model needs its own), with the fingerprint of the model they came from."""
+    facts = [{name: list(r.questions) if name == "questions" else getattr(r, name) for name in EXPORT_FIELDS}
+             for r in records]
+    return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "model": fingerprint, "exported_at": now(),
+            "facts": facts}
+
+
+def read_document(data) -> tuple[str, list[tuple[Fact, str, str, bool]]]:
+    """An exported memory, validated whole: (its model's fingerprint, [(fact, source_text, created_at, pinned)]).
+
+    Raises ValueError naming the first problem; nothing is written, so a bad file changes nothing."""
+    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+        raise ValueError("not a Sleeping LLM memory export (expected a JSON object with format "
+                         f"{EXPORT_FORMAT!r})")
+    if set(data) != set(EXPORT_KEYS):
+        raise ValueError(f"an export has exactly the keys {sorted(EXPORT_KEYS)}, not {sorted(map(str, data))}")
+    if type(data["version"]) is not int or data["version"] != EXPORT_VERSION:
+        raise ValueError(f"export version {data['version']!r} is not supported; this version reads {EXPORT_VERSION}")
+    if not isinstance(data["model"], str) or not 0 < len(data["model"]) <= 200 or not isinstance(data["facts"], list):
+        raise ValueError("an export needs a model fingerprint (text) and a list of facts")
+    return data["model"], [_read_fact(i, item) for i, item in enumerate(data["facts"], 1)]
+
+
+def _read_fact(number: int, item) -> tuple[Fact, str, str, bool]:
+    try:
+        if not isinstance(item, dict) or set(item) != set(EXPORT_FIELDS):
+            raise ValueError(f"needs exactly the fields {sorted(EXPORT_FIELDS)}")
+        wrong = [k for k, kind in EXPORT_FIELDS.items() if type(item[k]) is not kind]
+        if wrong or not all(isinstance(q, str) for q in item["questions"]):
+            raise ValueError(f"wrong type for {', '.join(wrong) or 'questions'}")
+        datetime.fromisoformat(item["created_at"])
+        fact = Fact(item["subject"], item["relation"], item["object"], tuple(item["questions"]))
+        check_text(fact, item["source_text"])
+    except ValueError as error:
+        raise ValueError(f"fact {number} of the export: {error}") from None
+    return fact, item["source_text"], item["created_at"], item["pinned"]
 
 
 def _sha256(path: Path) -> str:
@@ -94,18 +155,42 @@ class Store:
         self.folder = Path(folder)
         self.edits = self.folder / "edits"
         self.edits.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()   # one connection shared by the worker and the caller's threads
         self.db = sqlite3.connect(self.folder / "memory.sqlite", check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA secure_delete=ON")   # forgotten text is overwritten, not left in free pages
-        migrate(self.db)
-        self._claim(fingerprint, layers)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA secure_delete=ON")   # forgotten text is overwritten, not left in free pages
+            migrate(self.db)
+            self._claim(fingerprint, layers)
+        except sqlite3.DatabaseError as error:
+            self.db.close()
+            raise StoreError(f"The memory store {self.folder / 'memory.sqlite'} cannot be read ({error}); nothing "
+                             "was changed. If the file is damaged, move it away to start an empty memory.") from error
+        except BaseException:
+            self.db.close()
+            raise
         self._remove_orphans()
+
+    @contextmanager
+    def transaction(self):
+        """One atomic change (BEGIN ... COMMIT, rolled back on error); nested uses join the outer one."""
+        with self._lock:
+            if self.db.in_transaction:
+                yield
+                return
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
 
     def _claim(self, fingerprint: str, layers: tuple[int, ...]) -> None:
         meta = dict(self.db.execute("SELECT key, value FROM meta"))
         if not meta:
-            with self.db:
+            with self.transaction():
                 self.db.executemany("INSERT INTO meta VALUES (?, ?)",
                                     [("fingerprint", fingerprint), ("layers", json.dumps(list(layers)))])
             return
@@ -125,24 +210,24 @@ class Store:
                 path.unlink()
 
     # facts
-    def add_fact(self, fact: Fact, source_text: str = "", source: str = "chat") -> int:
-        with self.db:
+    def add_fact(self, fact: Fact, source_text: str = "", source: str = "chat", created_at: str | None = None,
+                 pinned: bool = False) -> int:
+        check_text(fact, source_text)
+        with self.transaction():
             cur = self.db.execute(
-                "INSERT INTO facts (subject, relation, object, questions, source_text, source, created_at, status)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
-                (fact.subject, fact.relation, fact.object, json.dumps(fact.questions), source_text, source, now()))
+                "INSERT INTO facts (subject, relation, object, questions, source_text, source, created_at, status,"
+                " pinned) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+                (fact.subject, fact.relation, fact.object, json.dumps(fact.questions), source_text, source,
+                 created_at or now(), int(pinned)))
         return cur.lastrowid
 
     def facts(self, status: str | None = None, search: str = "") -> list[FactRecord]:
-        sql, args = "SELECT * FROM facts WHERE 1=1", []
-        if status:
-            sql, args = sql + " AND status = ?", args + [status]
-        if search:
-            like = f"%{search.lower()}%"
-            sql += " AND (lower(subject) LIKE ? OR lower(relation) LIKE ? OR lower(object) LIKE ?" \
-                   " OR lower(source_text) LIKE ?)"
-            args += [like] * 4
-        return [self._record(row) for row in self.db.execute(sql + " ORDER BY id", args)]
+        """In id order; `search` is literal text found in any field, case-folded (SQL LIKE folds ASCII only)."""
+        sql, args = ("SELECT * FROM facts WHERE status = ?", [status]) if status else ("SELECT * FROM facts", [])
+        needle = search.casefold()
+        records = [self._record(row) for row in self.db.execute(sql + " ORDER BY id", args)]
+        return [r for r in records
+                if any(needle in text.casefold() for text in (r.subject, r.relation, r.object, r.source_text))]
 
     def fact(self, fact_id: int) -> FactRecord:
         row = self.db.execute("SELECT * FROM facts WHERE id = ?", (fact_id,)).fetchone()
@@ -160,7 +245,7 @@ class Store:
         if not set(fields) <= allowed:
             raise StoreError(f"cannot update {set(fields) - allowed}")
         sets = ", ".join(f"{k} = ?" for k in fields)
-        with self.db:
+        with self.transaction():
             self.db.execute(f"UPDATE facts SET {sets} WHERE id = ?", (*fields.values(), fact_id))
 
     # edits
@@ -171,7 +256,7 @@ class Store:
             name = f"{fact_id}-{uuid.uuid4().hex[:8]}.safetensors"
             _write_atomic(self.edits / name, _edit_tensors(edit))
             written[fact_id] = (name, _sha256(self.edits / name))
-        with self.db:
+        with self.transaction():
             for fact_id, (name, sha) in written.items():
                 row = self.db.execute("SELECT edit_file FROM facts WHERE id = ?", (fact_id,)).fetchone()
                 old += [row[0]] if row and row[0] else []
@@ -182,7 +267,7 @@ class Store:
     def drop_edits(self, fact_ids: list[int], status: str | None = None, delete: bool = False) -> None:
         """Detach (or delete) facts' edits in one transaction; their files go after the commit."""
         old = []
-        with self.db:
+        with self.transaction():
             for fact_id in fact_ids:
                 row = self.db.execute("SELECT edit_file FROM facts WHERE id = ?", (fact_id,)).fetchone()
                 old += [row[0]] if row and row[0] else []
@@ -191,8 +276,24 @@ class Store:
                 else:
                     self.db.execute("UPDATE facts SET edit_file = NULL, edit_sha256 = NULL, status = ? "
                                     "WHERE id = ?", (status, fact_id))
+            if delete:
+                self._scrub_reports(set(fact_ids))
         self._unlink(old)
         if delete:
+            self.checkpoint()
+
+    def _scrub_reports(self, fact_ids: set[int]) -> None:
+        """Sleep reports quote each audited fact; a forgotten fact's text leaves them too."""
+        for report_id, body in list(self.db.execute("SELECT id, body FROM reports")):
+            body = json.loads(body)
+            rows = [row for row in body.get("facts", []) if row.get("id") not in fact_ids]
+            if len(rows) != len(body.get("facts", [])):
+                self.db.execute("UPDATE reports SET body = ? WHERE id = ?",
+                                (json.dumps({**body, "facts": rows}), report_id))
+
+    def checkpoint(self) -> None:
+        """Move the WAL into the database and truncate it, so deleted text survives in neither."""
+        with self._lock:
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _unlink(self, names: list[str]) -> None:
@@ -217,16 +318,16 @@ class Store:
         return int(row[0]) if row else 0
 
     def bump(self, name: str, by: int = 1) -> None:
-        with self.db:
+        with self.transaction():
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"counter.{name}", self.counter(name) + by))
 
     def reset(self, name: str) -> None:
-        with self.db:
+        with self.transaction():
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"counter.{name}", 0))
 
     # reports
     def add_report(self, kind: str, started_at: str, body: dict) -> int:
-        with self.db:
+        with self.transaction():
             return self.db.execute("INSERT INTO reports (kind, started_at, body) VALUES (?, ?, ?)",
                                    (kind, started_at, json.dumps(body))).lastrowid
 
@@ -236,11 +337,12 @@ class Store:
 
     def clear(self) -> None:
         """Forget everything: rows, reports and files; the text is overwritten and the WAL truncated."""
-        with self.db:
+        with self.transaction():
             self.db.execute("DELETE FROM facts")
             self.db.execute("DELETE FROM reports")
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self.db.execute("VACUUM")
+        with self._lock:
+            self.checkpoint()
+            self.db.execute("VACUUM")
         self._remove_orphans()
 
     def close(self) -> None:

@@ -1,0 +1,69 @@
+"""`wake`: inject N facts one at a time without sleep; recall, specificity, perplexity, latency."""
+import time
+
+from ..config import MemoryConfig
+from ..editing.hparams import MODES, EditConfig
+from ..eval import chat_recall, greedy_tokens, perplexity, raw_recall, specificity
+from ..facade import Memory
+from ..assets.corpus import ensure_corpus
+from .common import CONTROL_PROMPTS, emit, load_model, median, parser, peak_rss_mb, seed_pool, setup
+
+PPL_TOKENS = 8192
+
+
+def run_mode(model, tokenizer, facts, mode: str, store, heldout: str, others) -> dict:
+    memory = Memory.open(model, tokenizer, MemoryConfig(store_dir=store / mode, mode=mode, edit=EditConfig()))
+    memory.priors()
+    controls = CONTROL_PROMPTS + [f.prompt for f in others]
+    before = greedy_tokens(model, tokenizer, controls)
+    ppl_before = perplexity(model, tokenizer, heldout, PPL_TOKENS)
+    seconds, curve = [], []
+    for i, fact in enumerate(facts, 1):
+        clock = time.perf_counter()
+        memory.inject_now([fact])
+        seconds.append(time.perf_counter() - clock)
+        curve.append({"facts": i, "recall_raw": sum(raw_recall(model, tokenizer, facts[:i])) / i})
+    result = {
+        "mode": mode, "facts": len(facts),
+        "recall_raw": curve[-1]["recall_raw"],
+        "recall_chat": sum(chat_recall(model, tokenizer, facts)) / len(facts),
+        "specificity": specificity(before, greedy_tokens(model, tokenizer, controls)),
+        "ppl_before": ppl_before, "ppl_after": perplexity(model, tokenizer, heldout, PPL_TOKENS),
+        "inject_seconds_median": median(seconds), "inject_seconds": seconds, "curve": curve,
+    }
+    result["ppl_drift"] = result["ppl_after"] / result["ppl_before"] - 1
+    memory.forget_everything()
+    memory.close()
+    return result
+
+
+def plot(result: dict, target) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run in result["runs"]:
+        ax.plot([p["facts"] for p in run["curve"]], [p["recall_raw"] for p in run["curve"]], label=run["mode"])
+    ax.set(xlabel="facts injected (no sleep)", ylabel="raw recall of all facts so far", ylim=(0, 1.05),
+           title=f"Wake capacity, {result['model']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(target, dpi=120)
+
+
+def main(argv: list[str]) -> int:
+    p = parser("wake", __doc__)
+    p.add_argument("--facts", type=int, default=50)
+    p.add_argument("--mode", default="constrained", help=f"one or several of {MODES}, comma-separated")
+    args = p.parse_args(argv)
+    store = setup(args)
+    model, tokenizer = load_model(args.model)
+    pool = seed_pool(args.facts * 2, args.seed)
+    facts, others = pool[: args.facts], pool[args.facts:]
+    heldout = "\n\n".join(ensure_corpus().heldout_articles())
+    runs = [run_mode(model, tokenizer, facts, mode, store, heldout, others) for mode in args.mode.split(",")]
+    result = {"benchmark": "wake", "model": model.config._name_or_path.rstrip("/").split("/")[-1],
+              "seed": args.seed, **{k: v for k, v in runs[0].items() if k != "inject_seconds"},
+              "runs": runs, "peak_rss_mb": peak_rss_mb()}
+    emit(result, args, plot)
+    return 0
