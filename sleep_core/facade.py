@@ -231,13 +231,12 @@ class Memory:
     def sleep(self, progress: Callable[[Progress], None] | None = None, nap: bool = False) -> SleepReport:
         report = SleepReport("nap" if nap else "sleep", now())
         clock = time.perf_counter()
-        with self._busy:
+        with self._busy:     # up to the last status write: an injection waiting for the sleep comes after it
             self.priors()
-            with self.weight_lock():
-                outcome = run_sleep(self, report, progress or (lambda p: None), nap)
-        self.commit_edits({}, outcome)
-        if not nap and (report.committed or not report.refreshed):
-            self.store.reset("wake_edits")
+            outcome = run_sleep(self, report, progress or (lambda p: None), nap)
+            self.commit_edits({}, outcome)
+            if not nap and (report.committed or not report.refreshed):
+                self.store.reset("wake_edits")
         report.seconds = time.perf_counter() - clock
         report.id = self.store.add_report(report.kind, report.started_at, report.to_dict())
         log.info("%s #%d: %s (raw recall %.2f -> %.2f, perplexity %.2f -> %.2f, %.1f s)", report.kind, report.id,

@@ -2,7 +2,8 @@
 import importlib
 import sys
 
-SUBCOMMANDS = {"wake": "wake"}
+SUBCOMMANDS = {"wake": "wake", "capacity": "capacity", "convergence": "convergence",
+               "longevity": "longevity", "conversation": "conversation", "counterfact": "counterfact"}
 
 
 def main() -> int:

@@ -7,10 +7,13 @@ import resource
 import statistics
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from ..config import MemoryConfig
+from ..editing.hparams import EditConfig
 from ..memory.facts import Fact
 from ..paths import data_dir
 
@@ -62,6 +65,15 @@ def load_model(path: str | None, dtype: str = "float32"):
     return model, tokenizer
 
 
+def model_name(model) -> str:
+    return str(model.config._name_or_path).rstrip("/").split("/")[-1]
+
+
+def bench_config(store: Path, mode: str = "constrained", edit: EditConfig | None = None, **kwargs) -> MemoryConfig:
+    """A memory for a benchmark: its own store, no automatic sleep, its own copy of the edit settings."""
+    return MemoryConfig(store_dir=store, mode=mode, auto_sleep=False, edit=replace(edit or EditConfig()), **kwargs)
+
+
 def parser(name: str, doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m sleep_core.bench {name}", description=doc)
     p.add_argument("--model", help="a local Hugging Face folder (default: the embedded SmolLM2-135M-Instruct)")
@@ -96,3 +108,19 @@ def emit(result: dict, args, plot) -> None:
     except ImportError:
         logging.warning("matplotlib is not installed; no plot written")
     print(json.dumps(result, indent=None if args.json else 2))
+
+
+def line_plot(target, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str) -> None:
+    """One line per named (x, y) series, y from 0 to 1."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set(xlabel=xlabel, ylabel=ylabel, ylim=(0, 1.05), title=title)
+    if len(series) > 1:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(target, dpi=120)
+    plt.close(fig)

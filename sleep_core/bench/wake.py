@@ -1,4 +1,5 @@
 """`wake`: inject N facts one at a time without sleep; recall, specificity, perplexity, latency."""
+import logging
 import time
 
 from ..config import MemoryConfig
@@ -8,14 +9,17 @@ from ..facade import Memory
 from ..assets.corpus import ensure_corpus
 from .common import CONTROL_PROMPTS, emit, load_model, median, parser, peak_rss_mb, seed_pool, setup
 
+log = logging.getLogger(__name__)
+
 PPL_TOKENS = 8192
 
 
 def run_mode(model, tokenizer, facts, mode: str, store, heldout: str, others) -> dict:
-    memory = Memory.open(model, tokenizer, MemoryConfig(store_dir=store / mode, mode=mode, edit=EditConfig()))
+    memory = Memory.open(model, tokenizer, MemoryConfig(store_dir=store / mode, mode=mode, auto_sleep=False,
+                                                        edit=EditConfig()))
     memory.priors()
-    controls = CONTROL_PROMPTS + [f.prompt for f in others]
-    before = greedy_tokens(model, tokenizer, controls)
+    neighbours = [f.prompt for f in others]
+    before = greedy_tokens(model, tokenizer, CONTROL_PROMPTS), greedy_tokens(model, tokenizer, neighbours)
     ppl_before = perplexity(model, tokenizer, heldout, PPL_TOKENS)
     seconds, curve = [], []
     for i, fact in enumerate(facts, 1):
@@ -27,11 +31,14 @@ def run_mode(model, tokenizer, facts, mode: str, store, heldout: str, others) ->
         "mode": mode, "facts": len(facts),
         "recall_raw": curve[-1]["recall_raw"],
         "recall_chat": sum(chat_recall(model, tokenizer, facts)) / len(facts),
-        "specificity": specificity(before, greedy_tokens(model, tokenizer, controls)),
+        "recall_raw_bare": sum(raw_recall(model, tokenizer, facts, context="")) / len(facts),
+        "specificity": specificity(before[0], greedy_tokens(model, tokenizer, CONTROL_PROMPTS)),
+        "specificity_neighbours": specificity(before[1], greedy_tokens(model, tokenizer, neighbours)),
         "ppl_before": ppl_before, "ppl_after": perplexity(model, tokenizer, heldout, PPL_TOKENS),
         "inject_seconds_median": median(seconds), "inject_seconds": seconds, "curve": curve,
     }
     result["ppl_drift"] = result["ppl_after"] / result["ppl_before"] - 1
+    log.info("%s: %s", mode, {k: v for k, v in result.items() if k not in ("curve", "inject_seconds")})
     memory.forget_everything()
     memory.close()
     return result

@@ -54,7 +54,7 @@ def _fact_rows(records, before: Audit, after: Audit) -> list[dict]:
 
 def run_sleep(memory, report: SleepReport, progress: Callable[[Progress], None], nap: bool = False) -> Audit:
     """One sleep (or nap) over `memory`'s stored facts; fills `report`; returns the audit that stands."""
-    model, tok, ledger = memory.adapter.model, memory.tokenizer, memory.ledger
+    model, tok = memory.adapter.model, memory.tokenizer
     records = memory.active_records()
     heldout = memory.heldout_text()
     clock = time.perf_counter()
@@ -72,6 +72,15 @@ def run_sleep(memory, report: SleepReport, progress: Callable[[Progress], None],
         report.reason = "nap: audit only" if nap else "every fact is healthy; nothing to change"
         return before
 
+    with memory.weight_lock():   # the audit above only reads weights; chat may go on meanwhile
+        return _refresh_and_validate(memory, records, degraded, before, report, progress)
+
+
+def _refresh_and_validate(memory, records, degraded, before: Audit, report: SleepReport,
+                          progress: Callable[[Progress], None]) -> Audit:
+    """Refresh degraded facts in place, re-measure, then commit or roll back exactly."""
+    model, tok, ledger = memory.adapter.model, memory.tokenizer, memory.ledger
+    heldout = memory.heldout_text()
     snapshot = ledger.snapshot()
     progress(Progress("refresh", 0.3, f"refreshing {len(degraded)} degraded facts in place"))
     clock = time.perf_counter()

@@ -9,7 +9,7 @@ class EditConfig:
     mode: str = "constrained"          # constrained = AlphaEdit null space; unconstrained = MEMIT; seed = reference
     # target values (MEMIT section 4.2, eq. 16)
     v_steps: int = 25
-    v_step: float = 0.16               # Adam step as a fraction of the residual norm (lr = v_step*|h|/sqrt(d))
+    v_step: float = 0.4                # Adam step as a fraction of the residual norm (lr = v_step*|h|/sqrt(d))
     v_stop_prob: float = 0.9           # stop once the object's per-token probability reaches this
     kl_factor: float = 0.0625
     v_weight_decay: float = 0.5
@@ -18,7 +18,7 @@ class EditConfig:
     chat_questions: int = 2            # chat-template questions per fact used as rewriting prompts
     # the solve (MEMIT eq. 14; AlphaEdit eq. 12)
     lambda_rel: float = 1.0            # covariance weight, times d_in: about half the layer's share per layer
-    null_energy: float = 0.02          # the null space: least-used directions holding this share of C's trace
+    null_energy: float = 0.05          # the null space: least-used directions holding this share of C's trace
     alpha_rel: float = 1e-2            # AlphaEdit's ridge term, times the mean squared key norm
     cov_tokens: int = 100_000
 

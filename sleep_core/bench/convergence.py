@@ -1,0 +1,54 @@
+"""`convergence`: from heavy interference (N facts injected unconstrained, no sleep), recall per sleep cycle."""
+import logging
+from pathlib import Path
+
+from ..cycle.audit import audit
+from ..editing.hparams import EditConfig
+from ..facade import Memory
+from .common import bench_config, emit, line_plot, load_model, model_name, parser, peak_rss_mb, seed_pool, setup
+
+log = logging.getLogger(__name__)
+
+
+def first_at(values: list[float], target: float) -> int | None:
+    """Index of the first value at or above `target` (0 is before any sleep), None if never."""
+    return next((i for i, v in enumerate(values) if v >= target), None)
+
+
+def convergence(model, tokenizer, facts, store: Path, cycles: int, target: float = 1.0,
+                edit: EditConfig | None = None, **config) -> dict:
+    """Sleep until raw recall reaches `target` or `cycles` sleeps ran; `config`: further MemoryConfig fields."""
+    memory = Memory.open(model, tokenizer, bench_config(store, "unconstrained", edit, **config))
+    try:
+        memory.inject_now(facts)
+        recall, seconds, sleeps = [audit(model, tokenizer, memory.active_records()).recall("raw")], [], []
+        log.info("after %d wake edits: raw recall %.3f", len(facts), recall[0])
+        while len(seconds) < cycles and recall[-1] < target:
+            report = memory.sleep()
+            recall.append(report.recall_after if report.committed else report.recall_before)
+            seconds.append(report.seconds)
+            sleeps.append({k: getattr(report, k) for k in ("committed", "reason", "chat_recall_after",
+                                                          "ppl_before", "ppl_after", "refreshed")})
+    finally:
+        memory.close(restore_weights=True)
+    return {"benchmark": "convergence", "facts": len(facts), "target": target, "recall_per_cycle": recall,
+            "cycles_to_converge": first_at(recall, target), "sleep_seconds": seconds, "sleeps": sleeps}
+
+
+def plot(result: dict, target) -> None:
+    recall = result["recall_per_cycle"]
+    line_plot(target, {"raw recall": (list(range(len(recall))), recall)}, "sleep cycles", "raw recall",
+              f"Convergence from {result['facts']} unconstrained wake edits, {result['model']}")
+
+
+def main(argv: list[str]) -> int:
+    p = parser("convergence", __doc__)
+    p.add_argument("--facts", type=int, default=30)
+    p.add_argument("--cycles", type=int, default=6, help="at most this many sleeps (fewer once --target is reached)")
+    p.add_argument("--target", type=float, default=1.0, help="raw recall that counts as converged")
+    args = p.parse_args(argv)
+    store = setup(args)
+    model, tokenizer = load_model(args.model)
+    result = convergence(model, tokenizer, seed_pool(args.facts, args.seed), store, args.cycles, args.target)
+    emit({**result, "model": model_name(model), "seed": args.seed, "peak_rss_mb": peak_rss_mb()}, args, plot)
+    return 0

@@ -1,0 +1,76 @@
+"""`longevity`: many days of wake injections and one sleep each, with a cap on stored facts; no death spiral.
+
+Over the cap the oldest facts are forgotten (their edits reverted exactly) and listed as dropped."""
+import logging
+from pathlib import Path
+
+from ..editing.hparams import EditConfig
+from ..eval import perplexity
+from ..facade import Memory
+from .common import bench_config, emit, line_plot, load_model, model_name, parser, peak_rss_mb, seed_pool, setup
+
+log = logging.getLogger(__name__)
+
+
+def enforce_cap(memory: Memory, cap: int, day: int) -> list[dict]:
+    """Forget the oldest facts beyond `cap`; each is returned with the reason."""
+    records = sorted(memory.active_records(), key=lambda r: r.id)
+    dropped = records[: max(len(records) - cap, 0)]
+    for record in dropped:
+        memory.forget(record.id)
+    return [{"day": day, "fact": f"{r.fact.prompt} {r.object}", "reason": "over cap"} for r in dropped]
+
+
+def live_day(memory: Memory, facts, cap: int, day: int) -> tuple[dict, list[dict]]:
+    """One day: inject the day's facts, apply the cap, sleep; the day's row and the facts dropped."""
+    memory.inject_now(facts)
+    dropped = enforce_cap(memory, cap, day)
+    report = memory.sleep()
+    recall = report.recall_after if report.committed else report.recall_before
+    row = {"day": day, "stored": len(memory.active_records()), "recall_raw": recall,
+           "recall_before_sleep": report.recall_before, "committed": report.committed,
+           "ppl": report.ppl_after if report.committed else report.ppl_before, "sleep_seconds": report.seconds}
+    log.info("day %d: %s", day, row)
+    return row, dropped
+
+
+def longevity(model, tokenizer, facts, store: Path, days: int, per_day: int, cap: int,
+              edit: EditConfig | None = None, **config) -> dict:
+    """`per_day` of `facts` a day for `days` days; `config`: further MemoryConfig fields."""
+    if len(facts) < days * per_day:
+        raise ValueError(f"{days} days of {per_day} facts need {days * per_day} facts, got {len(facts)}")
+    memory = Memory.open(model, tokenizer, bench_config(store, "constrained", edit, **config))
+    rows, dropped = [], []
+    try:
+        ppl_start = perplexity(model, tokenizer, memory.heldout_text(), memory.config.ppl_tokens)
+        for day in range(1, days + 1):
+            row, gone = live_day(memory, facts[(day - 1) * per_day: day * per_day], cap, day)
+            rows.append(row)
+            dropped += gone
+    finally:
+        memory.close(restore_weights=True)
+    return {"benchmark": "longevity", "days": days, "facts_per_day": per_day, "cap": cap,
+            "recall_per_day": [r["recall_raw"] for r in rows], "ppl_start": ppl_start,
+            "ppl_drift_per_day": [r["ppl"] / ppl_start - 1 for r in rows], "per_day": rows, "dropped": dropped}
+
+
+def plot(result: dict, target) -> None:
+    days = [r["day"] for r in result["per_day"]]
+    line_plot(target, {"after sleep": (days, result["recall_per_day"]),
+                       "before sleep": (days, [r["recall_before_sleep"] for r in result["per_day"]])},
+              "day", "raw recall of stored facts",
+              f"{result['facts_per_day']} facts a day, cap {result['cap']}, {result['model']}")
+
+
+def main(argv: list[str]) -> int:
+    p = parser("longevity", __doc__)
+    p.add_argument("--facts", type=int, default=10, help="facts told per day")
+    p.add_argument("--days", type=int, default=10)
+    p.add_argument("--cap", type=int, default=60, help="stored facts kept; the oldest beyond it are forgotten")
+    args = p.parse_args(argv)
+    store = setup(args)
+    model, tokenizer = load_model(args.model)
+    facts = seed_pool(args.days * args.facts, args.seed)
+    result = longevity(model, tokenizer, facts, store, args.days, args.facts, args.cap)
+    emit({**result, "model": model_name(model), "seed": args.seed, "peak_rss_mb": peak_rss_mb()}, args, plot)
+    return 0
