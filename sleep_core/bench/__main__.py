@@ -2,15 +2,14 @@
 import importlib
 import sys
 
-SUBCOMMANDS = {"wake": "wake", "capacity": "capacity", "convergence": "convergence",
-               "longevity": "longevity", "conversation": "conversation", "counterfact": "counterfact"}
+SUBCOMMANDS = ("wake", "capacity", "convergence", "longevity", "conversation", "counterfact", "crash")
 
 
 def main() -> int:
     if len(sys.argv) < 2 or sys.argv[1] not in SUBCOMMANDS:
         print(f"usage: python -m sleep_core.bench {{{','.join(SUBCOMMANDS)}}} [options]  (--help on each)")
         return 2
-    module = importlib.import_module(f".{SUBCOMMANDS[sys.argv[1]]}", __package__)
+    module = importlib.import_module(f".{sys.argv[1]}", __package__)
     return module.main(sys.argv[2:])
 
 

@@ -44,11 +44,13 @@ def summary(rows: list[dict]) -> tuple[float, int]:
 
 
 def play(memory: Memory, groups: list[dict], distractors: list[str]) -> list[dict]:
-    """Every statement, then every distractor turn, as a user message; what each taught."""
-    turns = [s for g in groups for s in g["statements"]] + distractors
-    learned = [{"message": t, "facts": [f"{c.fact.prompt} {c.fact.object}" for c in memory.learn(t, "user").accepted]}
-               for t in turns]
-    memory.wait_idle()
+    """Every statement, then every distractor turn, as a user message; what each taught. Each turn's facts are
+    written before the next turn, as between a user's messages, so "Andre" later resolves to "my son"."""
+    learned = []
+    for turn in [s for g in groups for s in g["statements"]] + distractors:
+        accepted = memory.learn(turn, "user").accepted
+        memory.wait_idle()
+        learned.append({"message": turn, "facts": [f"{c.fact.prompt} {c.fact.object}" for c in accepted]})
     return learned
 
 

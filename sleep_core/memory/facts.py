@@ -23,7 +23,7 @@ class Fact:
         An empty relation means the verb is part of the subject ("I speak")."""
         if not self.relation:
             return self.subject
-        joiner = "" if self.relation.startswith("'") else " "
+        joiner = "" if self.relation[0] in "',.;:?!" else " "   # "X's expertise", "X, located in"
         return f"{self.subject}{joiner}{self.relation}"
 
     @property

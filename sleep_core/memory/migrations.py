@@ -29,7 +29,12 @@ def migrate(db: sqlite3.Connection) -> None:
     done = {row[0] for row in db.execute("SELECT name FROM migrations")}
     for fn in MIGRATIONS:
         if fn.__name__ not in done:
-            with db:
+            db.execute("BEGIN IMMEDIATE")       # SQLite's DDL is transactional: a migration lands whole or not at all
+            try:
                 fn(db)
                 db.execute("INSERT INTO migrations VALUES (?, ?)",
                            (fn.__name__, datetime.now(timezone.utc).isoformat()))
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")

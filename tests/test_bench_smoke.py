@@ -1,0 +1,75 @@
+"""The sleep benchmarks on a tiny random-weight model: the JSON each prints has its keys, ranges and arithmetic,
+and each draws its plot."""
+import pytest
+
+from sleep_core import EditConfig
+from sleep_core.bench import capacity, convergence, conversation, longevity
+from sleep_core.bench.common import seed_pool
+
+EDIT = EditConfig(cov_tokens=3000, v_steps=4)
+PPL = 256      # held-out tokens per perplexity check: the tiny model's 49k-word output layer dominates
+
+
+def fraction(x) -> bool:
+    return 0.0 <= x <= 1.0
+
+
+def drawn(module, result: dict, tmp_path) -> bool:
+    target = tmp_path / f"{result['benchmark']}.png"
+    module.plot({**result, "model": "tiny"}, target)
+    return target.stat().st_size > 0
+
+
+def test_capacity(make_tiny, tokenizer, tmp_path):
+    result = capacity.capacity(make_tiny(), tokenizer, seed_pool(3, 0), tmp_path, edit=EDIT)
+    assert set(result["curve"]) == {"seed", "unconstrained", "constrained"}
+    for mode, curve in result["curve"].items():
+        assert [p["facts"] for p in curve] == [1, 2, 3]
+        assert all(fraction(p["recall_raw"]) for p in curve)
+        assert result["holds"][mode] in (0, 1, 2, 3)
+    assert drawn(capacity, result, tmp_path)
+
+
+def test_convergence(make_tiny, tokenizer, tmp_path):
+    result = convergence.convergence(make_tiny(), tokenizer, seed_pool(3, 1), tmp_path, cycles=1, edit=EDIT,
+                                     ppl_tokens=PPL)
+    recall, when = result["recall_per_cycle"], result["cycles_to_converge"]
+    assert all(fraction(r) for r in recall) and 1 <= len(recall) <= 2
+    assert len(result["sleep_seconds"]) == len(recall) - 1 and all(s > 0 for s in result["sleep_seconds"])
+    if when is None:
+        assert max(recall) < 1.0 and len(recall) == 2
+    else:
+        assert recall[when] == 1.0 and max(recall[:when], default=0.0) < 1.0 and when == len(recall) - 1
+    assert drawn(convergence, result, tmp_path)
+
+
+def test_longevity_cap_drops_oldest_and_says_so(make_tiny, tokenizer, tmp_path):
+    facts = seed_pool(2, 2)
+    result = longevity.longevity(make_tiny(), tokenizer, facts, tmp_path, days=2, per_day=1, cap=1, edit=EDIT,
+                                 ppl_tokens=PPL)
+    assert len(result["recall_per_day"]) == 2 and all(fraction(r) for r in result["recall_per_day"])
+    assert [r["stored"] for r in result["per_day"]] == [1, 1]
+    assert result["dropped"] == [{"day": 2, "fact": f"{facts[0].prompt} {facts[0].object}", "reason": "over cap"}]
+    assert drawn(longevity, result, tmp_path)
+    with pytest.raises(ValueError):
+        longevity.longevity(make_tiny(), tokenizer, facts, tmp_path, days=3, per_day=1, cap=1, edit=EDIT)
+
+
+def test_conversation_survives_a_restart(make_tiny, tokenizer, tmp_path):
+    result = conversation.conversation(make_tiny(), tokenizer, tmp_path, make_tiny, groups=2, edit=EDIT,
+                                       ppl_tokens=PPL)
+    assert result["groups"] == 2 and result["questions"] == len(result["answers"]) == 7
+    assert result["facts_learned"] > 0
+    assert all(not t["facts"] for t in result["turns"][-5:])      # distractor turns teach nothing
+    for key in ("chat_recall_before", "chat_recall", "chat_recall_after_restart"):
+        assert fraction(result[key])
+    assert result["forbidden_hits"] == sum(bool(a["forbidden"]) for a in result["answers"])
+    assert 0 <= result["forbidden_hits_after_restart"] <= 7
+    assert drawn(conversation, result, tmp_path)
+
+
+def test_answers_are_scored_by_word_starts():
+    assert conversation.mentions("I love drawing.", "draw")
+    assert not conversation.mentions("You live in Portland.", "LA")
+    assert not conversation.mentions("He is 15.", "5")
+    assert conversation.mentions("You moved from chicago", "Chicago")

@@ -1,0 +1,100 @@
+"""The CounterFact and zsRE metrics against probabilities computed by hand from a tiny model's logits."""
+import json
+
+import pytest
+import torch
+
+from sleep_core.bench.counterfact import (counterfact_margins, counterfact_scores, load_records, split_prompt,
+                                          zsre_scores)
+from sleep_core.eval import RAW_CONTEXT
+from sleep_core.paths import data_dir
+
+ZSRE = [
+    {"subject": "Watts Humphrey", "src": "What university did Watts Humphrey attend?", "pred": "Trinity College",
+     "rephrase": "What university did Watts Humphrey take part in?", "alt": "University of Michigan",
+     "answers": ["Illinois Institute of Technology"],
+     "loc": "nq question: who played desmond doss father in hacksaw ridge",
+     "loc_ans": "Hugo Weaving", "cond": ""},
+    {"subject": "Ramalinaceae", "src": "Which family does Ramalinaceae belong to?", "pred": "Lecanorales",
+     "rephrase": "What family are Ramalinaceae?", "alt": "Lamiinae", "answers": ["Lecanorales"],
+     "loc": "nq question: types of skiing in the winter olympics 2018", "loc_ans": "Downhill", "cond": ""},
+]
+
+
+@torch.no_grad()
+def answer_logprobs(model, tokenizer, prompt: str, answer: str) -> torch.Tensor:
+    """log P of each answer token after the prompt, from one unpadded forward pass."""
+    full = tokenizer(prompt + answer)["input_ids"]
+    head = tokenizer(prompt)["input_ids"]
+    assert full[: len(head)] == head
+    logp = torch.log_softmax(model(input_ids=torch.tensor([full])).logits[0].float(), -1)
+    return torch.stack([logp[t - 1, full[t]] for t in range(len(head), len(full))])
+
+
+@torch.no_grad()
+def answer_top1(model, tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+    full = tokenizer(prompt + answer)["input_ids"]
+    n = len(tokenizer(prompt)["input_ids"])
+    logits = model(input_ids=torch.tensor([full])).logits[0]
+    return full[n:], [int(logits[t - 1].argmax()) for t in range(n, len(full))]
+
+
+@pytest.fixture
+def records():
+    return load_records(data_dir() / "counterfact_dev_3000.json", "counterfact", 5)
+
+
+def test_counterfact_margins_match_hand_computation(make_tiny, tokenizer, records):
+    model = make_tiny()
+    margins = counterfact_margins(model, tokenizer, records)
+    lp = lambda prompt, answer: answer_logprobs(model, tokenizer, RAW_CONTEXT + prompt, " " + answer)
+    for i, r in enumerate(records):
+        new, true = lp(r.prompt, r.target), lp(r.prompt, r.truth)
+        assert margins["es"][i] == pytest.approx((new.sum() - true.sum()).item(), abs=1e-3)
+        assert margins["ps"][i] == pytest.approx((lp(r.rephrase, r.target).sum()
+                                                  - lp(r.rephrase, r.truth).sum()).item(), abs=1e-3)
+        assert margins["ns"][i] == pytest.approx((lp(r.loc_prompt, r.loc_answer).sum()
+                                                  - lp(r.loc_prompt, r.target).sum()).item(), abs=1e-3)
+        target, top = answer_top1(model, tokenizer, RAW_CONTEXT + r.prompt, " " + r.target)
+        assert margins["em"][i] == (target == top)
+    scores = counterfact_scores(margins)
+    assert scores["es"] == [m > 0 for m in margins["es"]] and scores["ns"] == [m > 0 for m in margins["ns"]]
+
+
+def test_records_edit_the_prompt_at_the_subject():
+    rows = json.loads((data_dir() / "counterfact_dev_3000.json").read_text())
+    jahangir = next(r for r in rows if r["prompt"] == "The official religion of Jahangir is")
+    assert split_prompt(jahangir["subject"], jahangir["prompt"]) == ("The official religion of Jahangir", "is")
+    assert split_prompt("Anaxagoras", "Anaxagoras's expertise is") == ("Anaxagoras", "'s expertise is")
+    for row, r in zip(rows[:50], load_records(data_dir() / "counterfact_dev_3000.json", "counterfact", 50)):
+        # Fact.prompt puts a space before "," and "?" (see the report on Fact.prompt's joiner)
+        assert r.fact.prompt.replace(" ,", ",").replace(" ?", "?") == r.prompt
+        assert r.fact.subject.endswith(row["subject"]) and r.fact.questions[0].endswith(r.prompt)
+
+
+def test_zsre_records_parse(tmp_path):
+    path = tmp_path / "zsre.json"
+    path.write_text(json.dumps(ZSRE))
+    first, second = load_records(path, "zsre", 10)
+    assert (first.fact.subject, first.fact.relation, first.fact.object) == \
+        ("What university did Watts Humphrey", "attend?", "University of Michigan")
+    assert first.fact.prompt == first.prompt == ZSRE[0]["src"] and first.fact.questions == (ZSRE[0]["src"],)
+    assert (first.rephrase, first.loc_prompt, first.loc_answer) == (ZSRE[0]["rephrase"], ZSRE[0]["loc"], "Hugo Weaving")
+    assert second.fact.prompt == "Which family does Ramalinaceae belong to?" and second.truth == ""
+
+
+def test_zsre_token_accuracy_matches_hand_computation(make_tiny, tokenizer, tmp_path):
+    path = tmp_path / "zsre.json"
+    path.write_text(json.dumps(ZSRE))
+    recs = load_records(path, "zsre", 10)
+    model = make_tiny()
+    base = [torch.tensor(answer_top1(model, tokenizer, RAW_CONTEXT + r.loc_prompt, " " + r.loc_answer)[1])
+            for r in recs]
+    base[0][0] = -1     # the unedited model "disagreed" on the first locality token
+    scores = zsre_scores(model, tokenizer, recs, base)
+    for i, r in enumerate(recs):
+        target, top = answer_top1(model, tokenizer, RAW_CONTEXT + r.prompt, " " + r.target)
+        assert scores["es"][i] == pytest.approx(sum(a == b for a, b in zip(target, top)) / len(target))
+        target, top = answer_top1(model, tokenizer, RAW_CONTEXT + r.rephrase, " " + r.target)
+        assert scores["ps"][i] == pytest.approx(sum(a == b for a, b in zip(target, top)) / len(target))
+    assert scores["ns"][1] == 1.0 and scores["ns"][0] == pytest.approx(1 - 1 / len(base[0]))
