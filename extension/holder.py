@@ -10,7 +10,7 @@ from typing import Callable
 
 from sleep_core import LearnResult, Memory, StoreError, UnsupportedModelError
 
-from .settings import learning_refusal, memory_config, parse_layers
+from .settings import fact_cap, learning_refusal, memory_config, parse_layers
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ def _apply_live_settings(config, settings: dict) -> None:
     config.learn, config.auto_sleep = bool(settings["learn"]), bool(settings["auto_sleep"])
     if float(settings["drowsiness_threshold"]) > 0:
         config.drowsiness_threshold = float(settings["drowsiness_threshold"])
+    config.max_facts = fact_cap(settings)
 
 
 def _layers(settings: dict) -> tuple[int, ...] | None:

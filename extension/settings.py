@@ -7,6 +7,7 @@ DEFAULTS = {
     "learn_from_api": False,
     "auto_sleep": True,
     "drowsiness_threshold": 1.0,
+    "max_facts": 0,
     "layers": "",
     "mode": "constrained",
     "allow_multi_user": False,
@@ -38,7 +39,13 @@ def memory_config(settings: dict, store_dir: Path):
         auto_sleep=bool(settings["auto_sleep"]),
         drowsiness_threshold=float(settings["drowsiness_threshold"]),
         learn=bool(settings["learn"]),
+        max_facts=fact_cap(settings),
     )
+
+
+def fact_cap(settings: dict) -> int | None:
+    """The 'keep at most' setting: 0 (or less) means no cap."""
+    return int(settings["max_facts"]) if int(settings["max_facts"]) > 0 else None
 
 
 def learning_refusal(settings: dict, source: str, multi_user: bool) -> str | None:

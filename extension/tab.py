@@ -17,11 +17,13 @@ from typing import Callable, Iterator
 
 import gradio as gr
 
+from sleep_core.memory.store import STATUSES as CORE_STATUSES
+
 from .holder import MemoryHolder
 from .settings import DEFAULTS, MODES
 
 COLUMNS = ["id", "subject", "relation", "object", "message", "when", "status", "pinned", "recall"]
-STATUSES = ["all", "healthy", "degraded", "superseded", "pending"]
+STATUSES = ["all", *CORE_STATUSES]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,9 @@ class MemoryTab:
             with gr.Row():
                 self.setting_widgets["drowsiness_threshold"] = gr.Slider(
                     0.1, 5.0, value=values["drowsiness_threshold"], step=0.1, label="Drowsiness threshold")
+                self.setting_widgets["max_facts"] = gr.Number(
+                    values["max_facts"], precision=0, minimum=0, label="Keep at most this many facts (0: no cap); "
+                    "a sleep drops the oldest unpinned ones beyond it and its report lists them")
                 self.setting_widgets["mode"] = gr.Radio(
                     list(MODES), value=values["mode"], label="Wake edit mode (applies when a model is loaded)")
                 self.setting_widgets["layers"] = gr.Textbox(

@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .editing.hparams import EditConfig
+from .model.weights import QUANTIZED_EDITS
 from .paths import default_store_dir
 
 
@@ -11,16 +12,23 @@ class MemoryConfig:
     store_dir: Path = field(default_factory=default_store_dir)
     layers: tuple[int, ...] | None = None        # None: the architecture's default
     mode: str = "constrained"                    # wake edits: constrained (AlphaEdit) or unconstrained (MEMIT)
+    quantized_edits: str = "side_branch"         # bitsandbytes layers: a side branch x B Aᵀ, or requantize
     learn: bool = True
     auto_sleep: bool = True
     drowsiness_threshold: float = 1.0
     wake_capacity: int = 50                      # wake edits the model holds well without sleep (measured)
     ppl_tokens: int = 4096                       # held-out tokens for sleep's perplexity check
     ppl_tolerance: float = 0.01                  # a sleep may cost at most this relative perplexity
+    consolidate: bool = True                     # sleep re-solves all facts jointly before refreshing
+    max_facts: int | None = None                 # after a sleep, the oldest unpinned facts beyond this are dropped
     edit: EditConfig = field(default_factory=EditConfig)
 
     def __post_init__(self):
         self.store_dir = Path(self.store_dir)
         self.edit.mode = self.mode
+        if self.quantized_edits not in QUANTIZED_EDITS:
+            raise ValueError(f"quantized_edits must be one of {QUANTIZED_EDITS}, not {self.quantized_edits!r}")
+        if self.max_facts is not None and self.max_facts < 0:
+            raise ValueError("max_facts must be at least 0 (or None for no cap)")
         if self.drowsiness_threshold <= 0 or self.wake_capacity <= 0:
             raise ValueError("drowsiness_threshold and wake_capacity must be positive")

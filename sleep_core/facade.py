@@ -18,7 +18,7 @@ from .extract import Candidate, Rejection, extract, names_from
 from .memory.facts import Fact, FactEdit
 from .memory.ledger import WeightLedger
 from .memory.store import FactRecord, Store, export_document, now, read_document
-from .model.adapter import ModelAdapter
+from .model.backend import adapter_for, hf_tokenizer
 from .paths import covariance_dir
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,8 @@ class Memory:
     """Facts in the weights of one loaded model, persisted in a store keyed by the model's fingerprint."""
 
     def __init__(self, model, tokenizer, config: MemoryConfig, weight_lock: Callable[[], ContextManager] = _no_lock):
-        self.config, self.tokenizer, self.weight_lock = config, tokenizer, weight_lock
-        self.adapter = ModelAdapter(model, config.layers)
+        self.config, self.tokenizer, self.weight_lock = config, hf_tokenizer(tokenizer), weight_lock
+        self.adapter = adapter_for(model, config.layers, config.quantized_edits)
         self.fingerprint = self.adapter.fingerprint()
         self.store = Store(config.store_dir / self.fingerprint, self.fingerprint, self.adapter.layers)
         self.ledger = WeightLedger(self.adapter)
@@ -56,7 +56,8 @@ class Memory:
     @classmethod
     def open(cls, model, tokenizer, config: MemoryConfig | None = None,
              weight_lock: Callable[[], ContextManager] = _no_lock) -> "Memory":
-        """The model's memory, re-applied from its store; one Memory per model object."""
+        """The model's memory, re-applied from its store; one Memory per model object. `model` is a transformers
+        model or an mlx-lm one (with the tokenizer mlx_lm.load returned)."""
         existing = getattr(model, "_sleeping_llm_memory", None)
         if existing is not None:
             return existing
@@ -83,7 +84,7 @@ class Memory:
             with self.weight_lock(), self.ledger.pristine_weights():
                 moments = cached_moments(self.adapter, self.tokenizer, corpus.covariance_articles,
                                          self.config.edit.cov_tokens, covariance_dir() / self.fingerprint, progress)
-            self._priors = {l: make_prior(m, self.config.edit) for l, m in moments.items()}
+            self._priors = {l: make_prior(m) for l, m in moments.items()}
         return self._priors
 
     def heldout_text(self) -> str:
@@ -133,7 +134,7 @@ class Memory:
     def _inject_queued(self, fact_id: int) -> None:
         """The worker's step: while the host's lock times out (the model is busy), the fact stays queued."""
         try:
-            self.inject(fact_id)
+            self._wake_step(fact_id)
         except TimeoutError as error:
             log.info("fact %s waits for the model: %s", fact_id, error)
             time.sleep(BUSY_RETRY_SECONDS)
@@ -224,9 +225,11 @@ class Memory:
 
     # sleep
     def drowsiness(self) -> float:
-        """Pressure: unconsolidated wake edits and degraded facts against the measured wake capacity."""
-        degraded = len(self.store.facts(status="degraded"))
-        return (self.store.counter("wake_edits") + degraded) / self.config.wake_capacity
+        """Pressure: wake edits since the last sleep and degraded facts against the measured wake capacity.
+
+        Facts the last sleep could not repair do not count again, or every message would start a new sleep."""
+        degraded = len(self.store.facts(status="degraded")) - self.store.counter("unrepaired")
+        return (self.store.counter("wake_edits") + max(degraded, 0)) / self.config.wake_capacity
 
     def sleep(self, progress: Callable[[Progress], None] | None = None, nap: bool = False) -> SleepReport:
         report = SleepReport("nap" if nap else "sleep", now())
@@ -235,14 +238,33 @@ class Memory:
             self.priors()
             outcome = run_sleep(self, report, progress or (lambda p: None), nap)
             self.commit_edits({}, outcome)
-            if not nap and (report.committed or not report.refreshed):
-                self.store.reset("wake_edits")
+            if not nap:
+                report.dropped = self._enforce_cap()
+                self.store.set_counter("wake_edits")
+                self.store.set_counter("unrepaired", len(self.store.facts(status="degraded")))
         report.seconds = time.perf_counter() - clock
         report.id = self.store.add_report(report.kind, report.started_at, report.to_dict())
         log.info("%s #%d: %s (raw recall %.2f -> %.2f, perplexity %.2f -> %.2f, %.1f s)", report.kind, report.id,
                  report.reason, report.recall_before, report.recall_after, report.ppl_before, report.ppl_after,
                  report.seconds)
         return report
+
+    def _enforce_cap(self) -> list[dict]:
+        """Over `max_facts`, the oldest unpinned facts leave the weights (their text stays, status "dropped")."""
+        cap = self.config.max_facts
+        active = sorted((r for r in self.active_records() if not r.pinned), key=lambda r: r.id)
+        excess = len(self.ledger.columns) - cap if cap is not None else 0
+        dropped = active[: max(excess, 0)]
+        if not dropped:
+            return []
+        with self.weight_lock():
+            for r in dropped:
+                self.ledger.remove(r.id)
+            self.ledger.rebuild()
+        self.store.drop_edits([r.id for r in dropped], status="dropped")
+        reason = f"over the cap of {cap} facts: the oldest that are not pinned leave first"
+        log.warning("dropped %d facts %s", len(dropped), reason)
+        return [{"id": r.id, "fact": f"{r.fact.prompt} {r.object}", "reason": reason} for r in dropped]
 
     def nap(self, progress: Callable[[Progress], None] | None = None) -> SleepReport:
         return self.sleep(progress, nap=True)

@@ -92,6 +92,18 @@ def test_default_model_config_has_top_level_rope_theta():
     assert "quantization_config" not in config
 
 
+def test_a_conversion_without_top_level_rope_theta_is_made_again(tmp_path):
+    """Folders converted before the fix would give mlx-lm the wrong RoPE base: they are not ready."""
+    gguf = model_assets.bundled_gguf()
+    (tmp_path / model_assets.READY_MARKER).write_text(
+        json.dumps({"source": gguf.name, "source_bytes": gguf.stat().st_size}))
+    config = {"model_type": "llama", "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert not model_assets._is_ready(tmp_path)
+    model_assets._add_top_level_rope_theta(tmp_path / "config.json")
+    assert model_assets._is_ready(tmp_path)
+
+
 @pytest.mark.model
 def test_default_model_is_converted_once():
     weights = ensure_default_model() / "model.safetensors"

@@ -1,6 +1,7 @@
 """The sleep benchmarks on a tiny random-weight model: the JSON each prints has its keys, ranges and arithmetic,
-and each draws its plot."""
+and each draws its plot; the wake benchmark's loading options (backend, dtype, quantization)."""
 import pytest
+import torch
 
 from sleep_core import EditConfig
 from sleep_core.bench import capacity, convergence, conversation, longevity
@@ -49,7 +50,8 @@ def test_longevity_cap_drops_oldest_and_says_so(make_tiny, tokenizer, tmp_path):
                                  ppl_tokens=PPL)
     assert len(result["recall_per_day"]) == 2 and all(fraction(r) for r in result["recall_per_day"])
     assert [r["stored"] for r in result["per_day"]] == [1, 1]
-    assert result["dropped"] == [{"day": 2, "fact": f"{facts[0].prompt} {facts[0].object}", "reason": "over cap"}]
+    assert [(d["day"], d["fact"]) for d in result["dropped"]] == [(2, f"{facts[0].prompt} {facts[0].object}")]
+    assert "over the cap of 1 facts" in result["dropped"][0]["reason"]
     assert drawn(longevity, result, tmp_path)
     with pytest.raises(ValueError):
         longevity.longevity(make_tiny(), tokenizer, facts, tmp_path, days=3, per_day=1, cap=1, edit=EDIT)
@@ -73,3 +75,23 @@ def test_answers_are_scored_by_word_starts():
     assert not conversation.mentions("You live in Portland.", "LA")
     assert not conversation.mentions("He is 15.", "5")
     assert conversation.mentions("You moved from chicago", "Chicago")
+
+
+def test_wake_refuses_bitsandbytes_with_the_mlx_backend(capsys):
+    from sleep_core.bench import wake
+    with pytest.raises(SystemExit) as exit:
+        wake.main(["--backend", "mlx", "--quantize", "nf4"])
+    assert exit.value.code == 2 and "needs --backend torch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype,quantize,layer", [("bfloat16", "none", "Linear"), ("float32", "nf4", "Linear4bit"),
+                                                  ("float32", "int8", "Linear8bitLt")])
+def test_load_model_in_each_precision(make_tiny, tokenizer, tmp_path, dtype, quantize, layer):
+    from sleep_core.bench.common import load_model
+    if quantize != "none":
+        pytest.importorskip("bitsandbytes")
+    make_tiny().save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model, _ = load_model(str(tmp_path), dtype, quantize)
+    assert type(model.model.layers[1].mlp.down_proj).__name__ == layer
+    assert model.model.embed_tokens.weight.dtype == getattr(torch, dtype)

@@ -53,18 +53,46 @@ def test_factors_have_rank_of_batch(tiny_llama, tokenizer, store_dir):
     memory.close()
 
 
-def test_constrained_update_leaves_general_text_keys_alone():
+def _spectrum(d: int = 16, used: int = 12):
+    """A second moment whose general text uses `used` directions; the rest is a near-null space."""
     torch.manual_seed(0)
-    basis = torch.linalg.qr(torch.randn(16, 16))[0]
-    spectrum = torch.cat([torch.full((12,), 1.0), torch.full((4,), 1e-4)])
-    moment = basis @ torch.diag(spectrum) @ basis.T
-    cfg = EditConfig(mode="constrained", null_energy=0.01)
-    prior = make_prior(moment, cfg)
-    assert prior.null_basis.shape[1] == 4
+    basis = torch.linalg.qr(torch.randn(d, d))[0]
+    spectrum = torch.cat([torch.full((used,), 1.0), torch.full((d - used,), 1e-4)])
+    return basis, make_prior(basis @ torch.diag(spectrum) @ basis.T)
+
+
+def test_constrained_update_leaves_general_text_keys_alone():
+    basis, prior = _spectrum()
+    cfg = EditConfig(mode="constrained", null_energy=0.01, lambda_rel=0.0)
+    assert prior.null_basis(cfg.null_energy)[0].shape[1] == 4
     A, B = solve(torch.randn(16, 2), torch.randn(8, 2), prior, torch.zeros(16, 0), cfg)
     used = basis[:, :12]                                   # directions general text uses
     assert (A @ B.T @ used).abs().max() < 1e-5             # AlphaEdit: ΔW P K0 = 0
     assert torch.linalg.matrix_rank(A @ B.T).item() == 2
+
+
+def test_unconstrained_solve_is_memits_closed_form():
+    _, prior = _spectrum()
+    K, R = torch.randn(16, 3), torch.randn(8, 3)
+    A, B = solve(K, R, prior, torch.randn(16, 5), EditConfig(mode="unconstrained", lambda_rel=0.5))
+    C, K64 = prior.moment.double(), K.double()
+    expected = R.double() @ K64.T @ torch.linalg.inv(0.5 * 16 * C + K64 @ K64.T)     # MEMIT eq. 14
+    assert torch.allclose((A @ B.T).double(), expected, atol=1e-5)
+
+
+def test_stored_keys_are_preserved_in_proportion_to_their_weight():
+    _, prior = _spectrum()
+    K, R, stored = torch.randn(16, 1), torch.randn(8, 1), torch.randn(16, 3)
+    moved = [(lambda A, B: (A @ B.T @ stored).norm().item())(*solve(
+        K, R, prior, stored, EditConfig(mode="constrained", null_energy=1.0, preserve_rel=mu))) for mu in (0.0, 1.0, 100.0)]
+    assert moved[0] > moved[1] > moved[2] and moved[2] < 0.05 * moved[0]
+
+
+def test_exact_solve_writes_the_residual_at_the_new_keys():
+    _, prior = _spectrum()
+    K, R = torch.randn(16, 2), torch.randn(8, 2)
+    A, B = solve(K, R, prior, torch.randn(16, 5), EditConfig(mode="constrained", null_energy=1.0, exact=True))
+    assert torch.allclose(A @ B.T @ K, R, atol=1e-4)
 
 
 def test_store_round_trips_in_a_new_memory(make_tiny, tokenizer, store_dir, strict_lock):

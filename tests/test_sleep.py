@@ -13,8 +13,9 @@ FACTS = [DOG, Fact("Aria", "lives in", "Portland", ("Where does Aria live?",))]
 
 
 def _memory(model, tokenizer, store_dir, **overrides) -> Memory:
-    config = MemoryConfig(store_dir=store_dir, auto_sleep=False, wake_capacity=4, ppl_tokens=512,
-                          edit=EditConfig(cov_tokens=3000, v_steps=4), **overrides)
+    settings = {"auto_sleep": False, "wake_capacity": 4, **overrides}
+    config = MemoryConfig(store_dir=store_dir, ppl_tokens=512, edit=EditConfig(cov_tokens=3000, v_steps=4),
+                          **settings)
     return Memory.open(model, tokenizer, config)
 
 
@@ -66,4 +67,35 @@ def test_sleep_repairs_a_damaged_fact_and_relieves_drowsiness(real_model, tokeni
     assert raw_recall(real_model, tokenizer, [DOG]) == [True]
     assert memory.drowsiness() == awake
     memory.forget_everything()
+    memory.close()
+
+
+def test_the_worker_sleeps_by_itself_once_drowsy(tiny_llama, tokenizer, store_dir):
+    memory = _memory(tiny_llama, tokenizer, store_dir, auto_sleep=True, wake_capacity=2)
+    for fact in FACTS:
+        memory.add(fact)
+    assert memory.wait_idle(120)
+    assert [r["kind"] for r in memory.sleep_reports()] == ["sleep"], "two wake edits of a capacity of two"
+    assert memory.drowsiness() < 1.0
+    memory.close()
+
+
+def test_no_sleep_without_auto_sleep(tiny_llama, tokenizer, store_dir):
+    memory = _memory(tiny_llama, tokenizer, store_dir, wake_capacity=2)
+    for fact in FACTS:
+        memory.add(fact)
+    assert memory.wait_idle(120)
+    assert memory.sleep_reports() == [] and memory.drowsiness() >= 1.0
+    memory.close()
+
+
+def test_over_the_cap_a_sleep_drops_the_oldest_unpinned_facts_and_says_so(tiny_llama, tokenizer, store_dir):
+    memory = _memory(tiny_llama, tokenizer, store_dir, max_facts=2)
+    cat = Fact("my cat", "'s name is", "Tom", ("What is my cat's name?",))
+    pinned, oldest, newest = memory.inject_now([DOG, FACTS[1], cat])
+    memory.pin(pinned)
+    report = memory.sleep()
+    assert [d["id"] for d in report.dropped] == [oldest] and "cap of 2" in report.dropped[0]["reason"]
+    assert set(memory.ledger.columns) == {pinned, newest}, "a pinned fact is never dropped"
+    assert memory.store.fact(oldest).status == "dropped" and memory.store.fact(oldest).object == "Portland"
     memory.close()

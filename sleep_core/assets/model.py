@@ -52,9 +52,12 @@ def ensure_default_model(progress: Callable[[str], None] | None = None) -> Path:
 
 
 def _is_ready(folder: Path) -> bool:
-    """True when folder holds a verified conversion of the currently installed GGUF."""
+    """True when folder holds a verified conversion of the currently installed GGUF, with the top-level
+    rope_theta that conversions made before it was added lack (they are converted again)."""
     try:
         marker = json.loads((folder / READY_MARKER).read_text())
+        if _nested_rope_theta(json.loads((folder / "config.json").read_text())) is not None:
+            return False
     except (OSError, ValueError):
         return False
     try:
@@ -99,12 +102,17 @@ def _save_plain(model, tokenizer, folder: Path) -> None:
     _add_top_level_rope_theta(folder / "config.json")
 
 
+def _nested_rope_theta(config: dict) -> float | None:
+    """The RoPE base transformers 5 nests in rope_parameters, when the top level lacks it."""
+    return None if "rope_theta" in config else (config.get("rope_parameters") or {}).get("rope_theta")
+
+
 def _add_top_level_rope_theta(config_file: Path) -> None:
     # mlx-lm reads only a top-level rope_theta; transformers 5 nests it in rope_parameters, and
     # without it mlx-lm silently falls back to the wrong RoPE base for SmolLM2.
     config = json.loads(config_file.read_text())
-    theta = (config.get("rope_parameters") or {}).get("rope_theta")
-    if theta is not None and "rope_theta" not in config:
+    theta = _nested_rope_theta(config)
+    if theta is not None:
         config["rope_theta"] = theta
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 

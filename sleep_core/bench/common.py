@@ -14,6 +14,7 @@ import torch
 
 from ..config import MemoryConfig
 from ..editing.hparams import EditConfig
+from ..eval import known_facts, knows
 from ..memory.facts import Fact
 from ..paths import data_dir
 
@@ -30,15 +31,14 @@ QUESTIONS = {
     "is learning": "What is {} learning?",
 }
 
-# Facts the unedited default model already completes; they must survive every edit (specificity).
-CONTROL_PROMPTS = [
-    "The capital of France is", "The capital of Japan is", "The capital of Italy is", "The capital of Spain is",
-    "The Eiffel Tower is located in", "Water is made of hydrogen and", "The largest planet in the solar system is",
-    "The first president of the United States was", "The chemical symbol for gold is", "The sun rises in the",
-    "A week has seven", "The opposite of hot is", "Shakespeare wrote", "The currency of the United Kingdom is the",
-    "Mount Everest is in", "The Great Wall is in", "Albert Einstein developed the theory of", "Bananas are",
-    "The color of the sky is", "Paris is the capital of",
-]
+def known_to(model, tokenizer) -> list[tuple[str, str]]:
+    """The common-knowledge facts the unedited model completes; specificity is the share it still does."""
+    pairs = known_facts()
+    return [pair for pair, known in zip(pairs, knows(model, tokenizer, pairs)) if known]
+
+
+def still_known(model, tokenizer, pairs: list[tuple[str, str]]) -> float:
+    return sum(knows(model, tokenizer, pairs)) / max(len(pairs), 1)
 
 
 def seed_pool(n: int, seed: int) -> list[Fact]:
@@ -55,13 +55,42 @@ def seed_pool(n: int, seed: int) -> list[Fact]:
     return facts[:n]
 
 
-def load_model(path: str | None, dtype: str = "float32"):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+DTYPES = ("float32", "bfloat16", "float16")
+QUANTIZE = ("none", "nf4", "fp4", "int8")
+BACKENDS = ("torch", "mlx")
 
+
+def quantization(quantize: str, dtype: str):
+    """The BitsAndBytesConfig for `quantize` (4-bit layers compute in `dtype`), None for unquantized."""
+    if quantize == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+    if quantize == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantize,
+                              bnb_4bit_compute_dtype=getattr(torch, dtype))
+
+
+def model_folder(path: str | None) -> Path:
     from ..assets.model import ensure_default_model
-    folder = path or ensure_default_model()
+    return Path(path) if path else ensure_default_model()
+
+
+def load_model(path: str | None, dtype: str = "float32", quantize: str = "none", backend: str = "torch"):
+    """The model in `dtype` with its Hugging Face tokenizer: transformers, its linear layers quantized by
+    bitsandbytes unless `quantize` is 'none', or mlx-lm."""
+    folder = model_folder(path)
+    if backend == "mlx":
+        from ..model.backend import hf_tokenizer
+        from ..model.mlx import load
+        model, tokenizer = load(folder, dtype)
+        return model, hf_tokenizer(tokenizer)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()
+    quantized = quantization(quantize, dtype)
+    placed = {} if quantized is None else {"quantization_config": quantized,
+                                           "device_map": "cuda" if torch.cuda.is_available() else "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), **placed).eval()
     return model, tokenizer
 
 
@@ -84,8 +113,23 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
     return p
 
 
+def model_options(p: argparse.ArgumentParser) -> None:
+    """--backend, --dtype and --quantize: how the model is loaded."""
+    p.add_argument("--backend", choices=BACKENDS, default="torch")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument("--quantize", choices=QUANTIZE, default="none", help="bitsandbytes: 4-bit nf4 or fp4, or int8")
+
+
+def check_backend(p: argparse.ArgumentParser, args) -> None:
+    if args.backend == "mlx" and args.quantize != "none":
+        p.error("--quantize loads the model with bitsandbytes, which needs --backend torch")
+
+
 def setup(args) -> Path:
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO, stream=sys.stderr)
+    if getattr(args, "backend", "torch") == "mlx":
+        from ..model.mlx import blas_threads     # before anything imports mlx (see model/mlx/blas.py)
+        blas_threads(args.threads)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     return Path(tempfile.mkdtemp(prefix="sleeping-llm-bench-"))

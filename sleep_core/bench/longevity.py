@@ -1,37 +1,32 @@
 """`longevity`: many days of wake injections and one sleep each, with a cap on stored facts; no death spiral.
 
-Over the cap the oldest facts are forgotten (their edits reverted exactly) and listed as dropped."""
+Over the cap (`MemoryConfig.max_facts`) each sleep drops the oldest unpinned facts from the weights and its report
+lists them with the reason; nothing else ever leaves."""
 import logging
 from pathlib import Path
 
 from ..editing.hparams import EditConfig
 from ..eval import perplexity
 from ..facade import Memory
-from .common import bench_config, emit, line_plot, load_model, model_name, parser, peak_rss_mb, seed_pool, setup
+from .common import (bench_config, emit, known_to, line_plot, load_model, model_name, parser, peak_rss_mb, seed_pool,
+                     setup, still_known)
 
 log = logging.getLogger(__name__)
 
 
-def enforce_cap(memory: Memory, cap: int, day: int) -> list[dict]:
-    """Forget the oldest facts beyond `cap`; each is returned with the reason."""
-    records = sorted(memory.active_records(), key=lambda r: r.id)
-    dropped = records[: max(len(records) - cap, 0)]
-    for record in dropped:
-        memory.forget(record.id)
-    return [{"day": day, "fact": f"{r.fact.prompt} {r.object}", "reason": "over cap"} for r in dropped]
-
-
-def live_day(memory: Memory, facts, cap: int, day: int) -> tuple[dict, list[dict]]:
-    """One day: inject the day's facts, apply the cap, sleep; the day's row and the facts dropped."""
+def live_day(memory: Memory, facts, day: int, known) -> tuple[dict, list[dict]]:
+    """One day: inject the day's facts and sleep (which drops the oldest facts over the cap); the day's row and
+    the facts dropped."""
+    model, tokenizer = memory.adapter.model, memory.tokenizer
     memory.inject_now(facts)
-    dropped = enforce_cap(memory, cap, day)
     report = memory.sleep()
     recall = report.recall_after if report.committed else report.recall_before
     row = {"day": day, "stored": len(memory.active_records()), "recall_raw": recall,
            "recall_before_sleep": report.recall_before, "committed": report.committed,
-           "ppl": report.ppl_after if report.committed else report.ppl_before, "sleep_seconds": report.seconds}
+           "ppl": report.ppl_after if report.committed else report.ppl_before,
+           "specificity": still_known(model, tokenizer, known), "sleep_seconds": report.seconds}
     log.info("day %d: %s", day, row)
-    return row, dropped
+    return row, [{"day": day, **item} for item in report.dropped]
 
 
 def longevity(model, tokenizer, facts, store: Path, days: int, per_day: int, cap: int,
@@ -39,19 +34,21 @@ def longevity(model, tokenizer, facts, store: Path, days: int, per_day: int, cap
     """`per_day` of `facts` a day for `days` days; `config`: further MemoryConfig fields."""
     if len(facts) < days * per_day:
         raise ValueError(f"{days} days of {per_day} facts need {days * per_day} facts, got {len(facts)}")
-    memory = Memory.open(model, tokenizer, bench_config(store, "constrained", edit, **config))
+    memory = Memory.open(model, tokenizer, bench_config(store, "constrained", edit, max_facts=cap, **config))
     rows, dropped = [], []
     try:
+        known = known_to(model, tokenizer)
         ppl_start = perplexity(model, tokenizer, memory.heldout_text(), memory.config.ppl_tokens)
         for day in range(1, days + 1):
-            row, gone = live_day(memory, facts[(day - 1) * per_day: day * per_day], cap, day)
+            row, gone = live_day(memory, facts[(day - 1) * per_day: day * per_day], day, known)
             rows.append(row)
             dropped += gone
     finally:
         memory.close(restore_weights=True)
     return {"benchmark": "longevity", "days": days, "facts_per_day": per_day, "cap": cap,
             "recall_per_day": [r["recall_raw"] for r in rows], "ppl_start": ppl_start,
-            "ppl_drift_per_day": [r["ppl"] / ppl_start - 1 for r in rows], "per_day": rows, "dropped": dropped}
+            "ppl_drift_per_day": [r["ppl"] / ppl_start - 1 for r in rows],
+            "specificity_per_day": [r["specificity"] for r in rows], "per_day": rows, "dropped": dropped}
 
 
 def plot(result: dict, target) -> None:

@@ -7,19 +7,23 @@ from ..editing.hparams import MODES, EditConfig
 from ..eval import chat_recall, greedy_tokens, perplexity, raw_recall, specificity
 from ..facade import Memory
 from ..assets.corpus import ensure_corpus
-from .common import CONTROL_PROMPTS, emit, load_model, median, parser, peak_rss_mb, seed_pool, setup
+from ..model.weights import QUANTIZED_EDITS
+from .common import (check_backend, emit, known_to, load_model, median, model_folder, model_options, parser,
+                     peak_rss_mb, seed_pool, setup, still_known)
 
 log = logging.getLogger(__name__)
 
 PPL_TOKENS = 8192
 
 
-def run_mode(model, tokenizer, facts, mode: str, store, heldout: str, others) -> dict:
+def run_mode(model, tokenizer, facts, mode: str, store, heldout: str, others,
+             quantized_edits: str = "side_branch") -> dict:
     memory = Memory.open(model, tokenizer, MemoryConfig(store_dir=store / mode, mode=mode, auto_sleep=False,
-                                                        edit=EditConfig()))
+                                                        quantized_edits=quantized_edits, edit=EditConfig()))
     memory.priors()
-    neighbours = [f.prompt for f in others]
-    before = greedy_tokens(model, tokenizer, CONTROL_PROMPTS), greedy_tokens(model, tokenizer, neighbours)
+    known = known_to(model, tokenizer)
+    controls = [p for p, _ in known] + [f.prompt for f in others]
+    before = greedy_tokens(model, tokenizer, controls)
     ppl_before = perplexity(model, tokenizer, heldout, PPL_TOKENS)
     seconds, curve = [], []
     for i, fact in enumerate(facts, 1):
@@ -32,8 +36,9 @@ def run_mode(model, tokenizer, facts, mode: str, store, heldout: str, others) ->
         "recall_raw": curve[-1]["recall_raw"],
         "recall_chat": sum(chat_recall(model, tokenizer, facts)) / len(facts),
         "recall_raw_bare": sum(raw_recall(model, tokenizer, facts, context="")) / len(facts),
-        "specificity": specificity(before[0], greedy_tokens(model, tokenizer, CONTROL_PROMPTS)),
-        "specificity_neighbours": specificity(before[1], greedy_tokens(model, tokenizer, neighbours)),
+        "specificity": still_known(model, tokenizer, known), "known_facts": len(known),
+        # stricter and noisier: the first three greedy tokens after known-fact prompts and other people's facts
+        "continuations_unchanged": specificity(before, greedy_tokens(model, tokenizer, controls)),
         "ppl_before": ppl_before, "ppl_after": perplexity(model, tokenizer, heldout, PPL_TOKENS),
         "inject_seconds_median": median(seconds), "inject_seconds": seconds, "curve": curve,
     }
@@ -62,15 +67,22 @@ def main(argv: list[str]) -> int:
     p = parser("wake", __doc__)
     p.add_argument("--facts", type=int, default=50)
     p.add_argument("--mode", default="constrained", help=f"one or several of {MODES}, comma-separated")
+    model_options(p)
+    p.add_argument("--quantized-edits", choices=QUANTIZED_EDITS, default="side_branch",
+                   help="how an edit reaches a quantized layer (with --quantize)")
     args = p.parse_args(argv)
+    check_backend(p, args)
     store = setup(args)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, args.dtype, args.quantize, args.backend)
     pool = seed_pool(args.facts * 2, args.seed)
     facts, others = pool[: args.facts], pool[args.facts:]
     heldout = "\n\n".join(ensure_corpus().heldout_articles())
-    runs = [run_mode(model, tokenizer, facts, mode, store, heldout, others) for mode in args.mode.split(",")]
-    result = {"benchmark": "wake", "model": model.config._name_or_path.rstrip("/").split("/")[-1],
-              "seed": args.seed, **{k: v for k, v in runs[0].items() if k != "inject_seconds"},
+    runs = [run_mode(model, tokenizer, facts, mode, store, heldout, others, args.quantized_edits)
+            for mode in args.mode.split(",")]
+    result = {"benchmark": "wake", "model": model_folder(args.model).name,
+              "seed": args.seed, "backend": args.backend, "dtype": args.dtype, "quantize": args.quantize,
+              "quantized_edits": args.quantized_edits if args.quantize != "none" else None,
+              **{k: v for k, v in runs[0].items() if k != "inject_seconds"},
               "runs": runs, "peak_rss_mb": peak_rss_mb()}
     emit(result, args, plot)
     return 0

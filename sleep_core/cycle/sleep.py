@@ -1,4 +1,5 @@
-"""Sleep: audit, refresh degraded facts in place under null-space constraints, validate, commit or roll back.
+"""Sleep: audit; consolidate (every fact's columns re-solved jointly, see editing/consolidate.py); refresh the
+facts still degraded in place under constraints; validate recall and perplexity; commit or roll back exactly.
 
 A refresh reverts a degraded fact's columns and solves new ones with every healthy fact's keys protected;
 nothing is copied, so the reference implementation's death spiral (pruning working edits faster than
@@ -6,12 +7,13 @@ refresh replaced them) cannot happen: a fact leaves the store only when the user
 """
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
-from ..editing.hparams import EditConfig
+from ..editing.consolidate import consolidate
 from ..editing.memit import compute_edits
 from ..eval.perplexity import perplexity
+from ..eval.probes import raw_recall
 from .audit import Audit, audit
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ class SleepReport:
     ppl_before: float = 0.0
     ppl_after: float = 0.0
     refreshed: list[int] = field(default_factory=list)
+    consolidated: bool = False      # every fact's columns were re-solved jointly
+    dropped: list[dict] = field(default_factory=list)    # facts over the cap, each with the reason
     facts: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     id: int | None = None
@@ -78,29 +82,40 @@ def run_sleep(memory, report: SleepReport, progress: Callable[[Progress], None],
 
 def _refresh_and_validate(memory, records, degraded, before: Audit, report: SleepReport,
                           progress: Callable[[Progress], None]) -> Audit:
-    """Refresh degraded facts in place, re-measure, then commit or roll back exactly."""
+    """Consolidate, refresh the facts still degraded in place, re-measure, then commit or roll back exactly."""
     model, tok, ledger = memory.adapter.model, memory.tokenizer, memory.ledger
-    heldout = memory.heldout_text()
     snapshot = ledger.snapshot()
-    progress(Progress("refresh", 0.3, f"refreshing {len(degraded)} degraded facts in place"))
     clock = time.perf_counter()
-    ids = {r.id for r in degraded}
-    for i in ids:
-        ledger.remove(i)
-    ledger.rebuild()
-    cfg = EditConfig(**{**asdict(memory.config.edit), "mode": "constrained"})
-    stored = {l: ledger.keys(l) for l in memory.adapter.layers}
-    edits = compute_edits(memory.adapter, tok, [r.fact for r in degraded], cfg, memory.priors(), stored)
-    for r, e in zip(degraded, edits):
-        ledger.set(r.id, e)
-    ledger.rebuild()
-    report.refreshed = sorted(ids)
+    if memory.config.consolidate and len(records) > 1:
+        progress(Progress("consolidate", 0.2, f"re-solving {len(records)} facts jointly"))
+        ledger.restore(consolidate(snapshot, memory.priors(), memory.config.edit))
+        recall = dict(zip([r.id for r in records], raw_recall(model, tok, [r.fact for r in records])))
+        if sum(recall.values()) >= sum(before.raw.values()):
+            report.consolidated = True
+            degraded = [r for r in degraded if not recall[r.id]]
+        else:
+            ledger.restore(snapshot)
+    report.timings["consolidate"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    if degraded:
+        progress(Progress("refresh", 0.4, f"refreshing {len(degraded)} degraded facts in place"))
+        for r in degraded:
+            ledger.remove(r.id)
+        ledger.rebuild()
+        cfg = replace(memory.config.edit, mode="constrained")
+        stored = {l: ledger.keys(l) for l in memory.adapter.layers}
+        for r, e in zip(degraded, compute_edits(memory.adapter, tok, [r.fact for r in degraded], cfg,
+                                                memory.priors(), stored)):
+            ledger.set(r.id, e)
+        ledger.rebuild()
+    report.refreshed = sorted(r.id for r in degraded)
     report.timings["refresh"] = time.perf_counter() - clock
 
     progress(Progress("validate", 0.7, "checking recall and perplexity"))
     clock = time.perf_counter()
     after = audit(model, tok, records)
-    report.ppl_after = perplexity(model, tok, heldout, memory.config.ppl_tokens)
+    report.ppl_after = perplexity(model, tok, memory.heldout_text(), memory.config.ppl_tokens)
     report.recall_after, report.chat_recall_after = after.recall("raw"), after.recall("chat")
     report.timings["validate"] = time.perf_counter() - clock
     report.facts = _fact_rows(records, before, after)
@@ -108,10 +123,14 @@ def _refresh_and_validate(memory, records, degraded, before: Audit, report: Slee
     worse_recall = report.recall_after < report.recall_before
     if worse_ppl or worse_recall:
         ledger.restore(snapshot)
+        report.consolidated = False
         report.reason = "rolled back: " + ("perplexity rose" if worse_ppl else "recall fell")
         return before
-    progress(Progress("commit", 0.9, "saving the refreshed edits"))
-    memory.commit_edits({r.id: e for r, e in zip(degraded, edits)}, after)
+    progress(Progress("commit", 0.9, "saving the new edits"))
+    changed = ledger.snapshot() if report.consolidated else {r.id: ledger.columns[r.id] for r in degraded}
+    memory.commit_edits(changed, after)
     report.committed = True
-    report.reason = f"refreshed {len(ids)} facts"
+    report.reason = ", ".join(part for part in (
+        f"consolidated {len(records)} facts" if report.consolidated else "",
+        f"refreshed {len(degraded)} facts" if degraded else "") if part) or "nothing to change"
     return after

@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..model.adapter import ModelAdapter
+from ..model.backend import Adapter
 from ..model.trace import capture, run_until_stop
 
 log = logging.getLogger(__name__)
@@ -20,8 +21,8 @@ class SecondMoment:
         self.count = 0
 
     def add(self, keys: torch.Tensor) -> None:
-        k = keys.double()
-        self.sum += k.T @ k
+        k = keys.float()
+        self.sum += (k.T @ k).double()      # a window's sum in float32 (fast); the running total in float64
         self.count += k.shape[0]
 
     def moment(self) -> torch.Tensor:
@@ -34,7 +35,7 @@ class SecondMoment:
         self.sum, self.count = state["sum"].double(), int(state["count"])
 
 
-def _chunks(tokenizer, texts: Iterable[str], max_tokens: int, width: int) -> Iterable[torch.Tensor]:
+def token_windows(tokenizer, texts: Iterable[str], max_tokens: int, width: int) -> Iterable[torch.Tensor]:
     """Token windows of `width` from the texts, up to `max_tokens` in all."""
     taken = 0
     for text in texts:
@@ -57,7 +58,7 @@ def compute_moments(adapter: ModelAdapter, tokenizer, texts: Iterable[str], max_
     """One pass over the text collecting every edited layer's keys at every token."""
     stats = {l: SecondMoment(adapter.d_in) for l in adapter.layers}
     seen_tokens = 0
-    for ids in _chunks(tokenizer, texts, max_tokens, width):
+    for ids in token_windows(tokenizer, texts, max_tokens, width):
         with capture(inputs={l: adapter.out_proj(l) for l in adapter.layers},
                      stop_after=adapter.out_proj(max(adapter.layers))) as seen:
             run_until_stop(adapter.model, input_ids=ids.to(adapter.input_device()))
@@ -69,14 +70,14 @@ def compute_moments(adapter: ModelAdapter, tokenizer, texts: Iterable[str], max_
     return {l: s.moment() for l, s in stats.items()}
 
 
-def cached_moments(adapter: ModelAdapter, tokenizer, texts: Callable[[], Iterable[str]], max_tokens: int,
+def cached_moments(adapter: Adapter, tokenizer, texts: Callable[[], Iterable[str]], max_tokens: int,
                    folder: Path, progress: Callable[[int, int], None] | None = None) -> dict[int, torch.Tensor]:
     """Moments cached in `folder` (one per model fingerprint) by layer and token count, computed when missing."""
     paths = {l: folder / f"layer{l}-{max_tokens}.safetensors" for l in adapter.layers}
     if all(p.exists() for p in paths.values()):
         return {l: load_file(p)["moment"] for l, p in paths.items()}
     log.info("computing key covariance over %d tokens for layers %s", max_tokens, adapter.layers)
-    moments = compute_moments(adapter, tokenizer, texts(), max_tokens, progress)
+    moments = adapter.compute_moments(tokenizer, texts(), max_tokens, progress)
     folder.mkdir(parents=True, exist_ok=True)
     for l, moment in moments.items():
         tmp = paths[l].with_suffix(".tmp")

@@ -18,8 +18,10 @@ class EditConfig:
     chat_questions: int = 2            # chat-template questions per fact used as rewriting prompts
     # the solve (MEMIT eq. 14; AlphaEdit eq. 12)
     lambda_rel: float = 1.0            # covariance weight, times d_in: about half the layer's share per layer
-    null_energy: float = 0.05          # the null space: least-used directions holding this share of C's trace
+    null_energy: float = 1.0           # the null space: least-used directions holding this share of C's trace
     alpha_rel: float = 1e-2            # AlphaEdit's ridge term, times the mean squared key norm
+    preserve_rel: float = 1.0          # μ, the weight of the stored facts' keys against the new ones
+    exact: bool = False                # write R exactly at the new keys (EMMET), least disturbance elsewhere
     cov_tokens: int = 100_000
 
     def __post_init__(self):

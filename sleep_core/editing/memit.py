@@ -3,21 +3,14 @@ the residual over the edited layers from the first to the last, re-measuring key
 import torch
 
 from ..memory.facts import Fact, FactEdit
-from ..model.adapter import ModelAdapter
+from ..model.backend import Adapter
 from .hparams import EditConfig
-from .keys import measure, per_fact_mean
+from .keys import per_fact_mean
 from .prompts import build_batch
 from .solve import LayerPrior, solve
-from .values import optimize_targets
 
 
-def _add_in_place(adapter: ModelAdapter, layer: int, A: torch.Tensor, B: torch.Tensor) -> None:
-    live = adapter.read_weight(layer)
-    update = (A @ B.T).to(live.device)
-    adapter.write_weight(layer, adapter.to_stored(adapter.as_matrix(live) + update, like=live))
-
-
-def compute_edits(adapter: ModelAdapter, tokenizer, facts: list[Fact], cfg: EditConfig,
+def compute_edits(adapter: Adapter, tokenizer, facts: list[Fact], cfg: EditConfig,
                   priors: dict[int, LayerPrior], stored: dict[int, torch.Tensor]) -> list[FactEdit]:
     """Edit the live weights for `facts` and return each fact's columns.
 
@@ -25,15 +18,15 @@ def compute_edits(adapter: ModelAdapter, tokenizer, facts: list[Fact], cfg: Edit
     canonically (or rolls them back) afterwards."""
     layers = adapter.layers
     batch = build_batch(tokenizer, facts, cfg)
-    targets = optimize_targets(adapter, batch, layers[-1], cfg)
+    targets = adapter.optimize_targets(batch, layers[-1], cfg)
     goal = targets.h0 + targets.delta[batch.fact]                  # (P, d) z per prompt
     a, b, k = {}, {}, {}
     for i, layer in enumerate(layers):
-        keys, h = measure(adapter, batch, layer, layers[-1])
+        keys, h = adapter.measure(batch, layer, layers[-1])
         K = per_fact_mean(keys, batch).T                           # (d_in, n)
         R = per_fact_mean(goal - h, batch).T / (len(layers) - i)   # (d_out, n), MEMIT's spread over layers
         A, B = solve(K, R, priors[layer], stored.get(layer, K[:, :0]), cfg)
-        _add_in_place(adapter, layer, A, B)
+        adapter.add_update(layer, A, B)
         a[layer], b[layer], k[layer] = A, B, K
     return [FactEdit({l: a[l][:, j] for l in layers}, {l: b[l][:, j] for l in layers},
                      {l: k[l][:, j] for l in layers}, targets.delta[j], float(targets.prob[j]))

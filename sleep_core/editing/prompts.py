@@ -41,22 +41,25 @@ class PromptBatch:
 
     def groups(self, ratio: float = 3.0) -> list[tuple[torch.Tensor, dict]]:
         """Rows of similar length with their trimmed inputs: short raw prompts are not padded to chat length."""
-        lengths = self.attention_mask.sum(1)
-        order = torch.argsort(lengths, stable=True).tolist()
-        groups, current = [], [order[0]]
-        for row in order[1:]:
-            if lengths[row] > ratio * lengths[current[0]]:
-                groups.append(current)
-                current = []
-            current.append(row)
-        groups.append(current)
         out = []
-        for rows in groups:
-            index = torch.tensor(rows)
-            width = int(lengths[index].max())
-            out.append((index, {"input_ids": self.input_ids[index, :width],
-                                "attention_mask": self.attention_mask[index, :width]}))
+        for rows in similar(self.attention_mask.sum(1), ratio):
+            width = int(self.attention_mask[rows].sum(1).max())
+            out.append((rows, {"input_ids": self.input_ids[rows, :width],
+                               "attention_mask": self.attention_mask[rows, :width]}))
         return out
+
+
+def similar(lengths: torch.Tensor, ratio: float) -> list[torch.Tensor]:
+    """Indices split into groups whose longest member is at most `ratio` times their shortest."""
+    order = torch.argsort(lengths, stable=True).tolist()
+    groups, current = [], [order[0]]
+    for row in order[1:]:
+        if lengths[row] > ratio * max(int(lengths[current[0]]), 1):
+            groups.append(current)
+            current = []
+        current.append(row)
+    groups.append(current)
+    return [torch.tensor(g) for g in groups]
 
 
 def _subject_end(text: str, subject: str, before: int) -> int:

@@ -1,12 +1,13 @@
 """Target residuals: the delta at the last edited layer that makes each object likely (MEMIT eq. 16).
 
-The layers up to the target layer do not change while the delta is optimised, so they run once; each Adam
-step runs only the layers above it, on rows grouped by length, and stops once every object is confidently
-predicted.
+Nothing before a prompt's subject token depends on the delta, and nothing up to the target layer, so every
+prompt's prefix runs once and stays in the model's key/value cache, and each Adam step runs only the layers
+above the target layer on the prompts from their subject token on (a third of the tokens). The optimisation
+stops once every object is confidently predicted.
 """
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 
 from ..model.adapter import ModelAdapter
 from .hparams import EditConfig
-from .prompts import PromptBatch
+from .prompts import PromptBatch, similar
 
 
 @dataclass
@@ -28,47 +29,94 @@ class Targets:
 @dataclass
 class _Group:
     rows: torch.Tensor         # batch rows in this group
-    h: torch.Tensor            # (g, T, d) residual after the target layer
-    calls: list                # (block, args, kwargs) of every layer above it
-    answer: torch.Tensor       # (A, 2) local (row, position) whose logits predict an object token
+    suffix: dict               # each row from its subject token on, right-padded, with explicit positions;
+                               # the attention mask covers the cached prefix too
+    cache: object | None       # the model's key/value cache of the prefixes (left-padded), None without one
+    prefix: list               # (keys, values) of the prefixes per cache layer, restored before each step
+    answer: torch.Tensor       # (A, 2) local (row, suffix position) whose output predicts an object token
     tokens: torch.Tensor       # (A,) the object token predicted there
-    kl: torch.Tensor           # (k, 2) local (row, last prompt position) of KL prompts
-    log_p0: torch.Tensor       # (k, V) unedited next-token log-probabilities of the KL prompts
+    kl: torch.Tensor           # (k, 2) local (row, suffix position) of the last token of KL prompts
+    h: torch.Tensor | None = None                      # residual after the target layer, from the first run
+    calls: list = field(default_factory=list)          # (block, args, kwargs) of every block above it
 
 
-def _capture(adapter: ModelAdapter, batch: PromptBatch, layer: int, rows: torch.Tensor, inputs: dict) -> _Group:
-    """Run once; keep the residual after `layer` and the call arguments of every layer above it."""
-    calls, seen = [], {}
+def _groups(batch: PromptBatch) -> list[torch.Tensor]:
+    """Rows with suffixes of similar length; rows whose subject opens the prompt have no prefix to cache."""
+    suffix = batch.attention_mask.sum(1) - batch.subject_pos
+    out = []
+    for has_prefix in (False, True):
+        rows = ((batch.subject_pos > 0) == has_prefix).nonzero().squeeze(1)
+        out += [rows[g] for g in similar(suffix[rows], 3.0)] if len(rows) else []
+    return out
 
-    def keep_call(block):
-        return lambda module, args, kwargs: calls.append((block, args[1:], dict(kwargs)))
 
-    def keep_h(module, args, out):
-        seen["h"] = (out[0] if isinstance(out, tuple) else out).detach()
-
-    handles = [adapter.blocks[layer].register_forward_hook(keep_h)]
-    handles += [b.register_forward_pre_hook(keep_call(b), with_kwargs=True) for b in adapter.blocks[layer + 1:]]
+def _prepare(adapter: ModelAdapter, batch: PromptBatch, rows: torch.Tensor) -> _Group:
+    """Split each row at its subject token: run the prefixes once (left-padded, so that every suffix starts
+    at the same cache position) and keep their cache; the suffixes are what each step runs."""
+    start, length = batch.subject_pos[rows], batch.attention_mask[rows].sum(1)
+    L, S, B = int(start.max()), int((length - start).max()), len(rows)
+    ids = {name: torch.zeros(B, width, dtype=torch.long) for name, width in
+           (("pre", L), ("pre_mask", L), ("pre_pos", L), ("suf", S), ("suf_mask", S))}
+    for j, (row, s, n) in enumerate(zip(rows.tolist(), start.tolist(), length.tolist())):
+        ids["pre"][j, L - s:] = batch.input_ids[row, :s]
+        ids["pre_mask"][j, L - s:] = 1
+        ids["pre_pos"][j, L - s:] = torch.arange(s)
+        ids["suf"][j, : n - s] = batch.input_ids[row, s:n]
+        ids["suf_mask"][j, : n - s] = 1
     device = adapter.input_device()
-    try:
+    cache, prefix = None, []
+    if L > 0:
         with torch.no_grad():
-            logits = adapter.model(**{k: v.to(device) for k, v in inputs.items()}, use_cache=False).logits
-    finally:
-        for h in handles:
-            h.remove()
-    width = inputs["input_ids"].shape[1]
-    answer = batch.answer_mask[rows, :width][:, 1:].nonzero()
-    tokens = inputs["input_ids"][answer[:, 0], answer[:, 1] + 1]
+            cache = adapter.base_forward(ids["pre"].to(device), ids["pre_mask"].to(device),
+                                         ids["pre_pos"].to(device))[1]
+        prefix = [(layer.keys, layer.values) for layer in cache.layers]
+    suffix = {"input_ids": ids["suf"].to(device), "position_ids": (start.unsqueeze(1) + torch.arange(S)).to(device),
+              "attention_mask": torch.cat([ids["pre_mask"], ids["suf_mask"]], 1).to(device)}
+    answer = batch.answer_mask[rows][:, 1:].nonzero()
+    tokens = batch.input_ids[rows[answer[:, 0]], answer[:, 1] + 1]
     kl_local = (~batch.rewrite[rows]).nonzero().squeeze(1)
     kl = torch.stack([kl_local, batch.last_pos[rows][kl_local]], 1)
-    log_p0 = F.log_softmax(logits[kl[:, 0], kl[:, 1]].float(), dim=-1)
-    return _Group(rows, seen["h"], calls, answer, tokens, kl, log_p0)
+    local = lambda at: torch.stack([at[:, 0], at[:, 1] - start[at[:, 0]]], 1)   # noqa: E731
+    return _Group(rows, suffix, cache, prefix, local(answer), tokens, local(kl))
 
 
-def _run_top(h: torch.Tensor, calls) -> torch.Tensor:
-    for block, args, kwargs in calls:
-        out = block(h, *args, **kwargs)
-        h = out[0] if isinstance(out, tuple) else out
-    return h
+def _with_delta(h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """`h` with `delta` added at each row's subject token, the first of its suffix."""
+    bump = torch.zeros_like(h)
+    bump[:, 0] = delta.to(h.device, h.dtype)
+    return h + bump
+
+
+def _run(adapter: ModelAdapter, g: _Group, layer: int, delta: torch.Tensor) -> torch.Tensor:
+    """Normed final hidden states of the group's suffixes with `delta` (g, d) added after `layer`.
+
+    The first run goes through the whole decoder and keeps the residual after `layer` (`g.h`, which no step
+    changes) and the call of every block above it; later runs replay only those blocks."""
+    for cached, (keys, values) in zip(g.cache.layers if g.cache is not None else [], g.prefix):
+        cached.keys, cached.values = keys, values      # drop what the previous step appended
+    if g.calls:
+        h = _with_delta(g.h, delta)
+        for block, args, kwargs in g.calls:
+            out = block(h, *args, **kwargs)
+            h = out[0] if isinstance(out, tuple) else out
+        return adapter.final_norm(h)
+
+    def add_delta(module, args, out):
+        g.h = (out[0] if isinstance(out, tuple) else out).detach()
+        h = _with_delta(g.h, delta)
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    def keep_call(module, args, kwargs):
+        g.calls.append((module, args[1:], kwargs))
+
+    handles = [adapter.blocks[layer].register_forward_hook(add_delta)]
+    handles += [b.register_forward_pre_hook(keep_call, with_kwargs=True) for b in adapter.blocks[layer + 1:]]
+    try:
+        return adapter.base_forward(g.suffix["input_ids"], g.suffix["attention_mask"], g.suffix["position_ids"],
+                                    g.cache)[0]
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextmanager
@@ -91,33 +139,34 @@ def optimize_targets(adapter: ModelAdapter, batch: PromptBatch, layer: int, cfg:
 
 
 def _optimize(adapter: ModelAdapter, batch: PromptBatch, layer: int, cfg: EditConfig) -> Targets:
-    groups = [_capture(adapter, batch, layer, rows, inputs) for rows, inputs in batch.groups()]
+    groups = [_prepare(adapter, batch, rows) for rows in _groups(batch)]
     n, P = batch.n_facts, len(batch.fact)
-    h0 = torch.zeros(P, adapter.d_model)
-    for g in groups:
-        h0[g.rows] = g.h[torch.arange(len(g.rows)), batch.subject_pos[g.rows].to(g.h.device)].float().cpu()
-    h_norm = torch.zeros(n).scatter_reduce(0, batch.fact, h0.norm(dim=1), "amax", include_self=False)
     answers_per_row = torch.bincount(torch.cat([g.rows[g.answer[:, 0]] for g in groups]), minlength=P).clamp(min=1)
     rewrites_per_fact = torch.bincount(batch.fact[batch.rewrite], minlength=n).clamp(min=1)
+    h0 = torch.zeros(P, adapter.d_model)
+    log_p0: dict[int, torch.Tensor] = {}       # unedited next-token log-probabilities of each group's KL prompts
 
     delta = torch.zeros(n, adapter.d_model, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=cfg.v_step * h_norm.mean().item() / math.sqrt(adapter.d_model))
+    opt, h_norm = None, None
     done = torch.zeros(n, dtype=torch.bool)
     for step in range(1, cfg.v_steps + 1):
         nll_row, kl = torch.zeros(P), torch.zeros(n)
-        for g in groups:
-            h = g.h.clone()
-            local = torch.arange(len(g.rows))
-            pos = batch.subject_pos[g.rows].to(h.device)
-            h[local, pos] = h[local, pos] + delta[batch.fact[g.rows]].to(h.device, h.dtype)
-            out = _run_top(h, g.calls)
-            logp = F.log_softmax(adapter.logits(out[g.answer[:, 0], g.answer[:, 1]]).float(), -1).cpu()
-            nll_tok = -logp.gather(1, g.tokens.unsqueeze(1).cpu()).squeeze(1)
+        for i, g in enumerate(groups):
+            out = _run(adapter, g, layer, delta[batch.fact[g.rows]])
+            logp = F.log_softmax(adapter.head(out[g.answer[:, 0], g.answer[:, 1]]).float(), -1).cpu()
+            nll_tok = -logp.gather(1, g.tokens.unsqueeze(1)).squeeze(1)
             nll_row = nll_row.index_add(0, g.rows[g.answer[:, 0]], nll_tok)
             if len(g.kl):
-                log_p = F.log_softmax(adapter.logits(out[g.kl[:, 0], g.kl[:, 1]]).float(), -1)
-                div = F.kl_div(log_p, g.log_p0, log_target=True, reduction="none").sum(-1).cpu()
+                log_p = F.log_softmax(adapter.head(out[g.kl[:, 0], g.kl[:, 1]]).float(), -1).cpu()
+                if step == 1:
+                    log_p0[i] = log_p.detach()
+                div = F.kl_div(log_p, log_p0[i], log_target=True, reduction="none").sum(-1)
                 kl = kl.index_add(0, batch.fact[g.rows[g.kl[:, 0]]], div)
+            if step == 1:
+                h0[g.rows] = g.h[:, 0].float().cpu()
+        if step == 1:   # the step size and the clamp scale with the residual norm of the model at hand
+            h_norm = torch.zeros(n).scatter_reduce(0, batch.fact, h0.norm(dim=1), "amax", include_self=False)
+            opt = torch.optim.Adam([delta], lr=cfg.v_step * h_norm.mean().item() / math.sqrt(adapter.d_model))
         nll = torch.zeros(n).index_add(0, batch.fact, (nll_row / answers_per_row) * batch.rewrite) / rewrites_per_fact
         prob = torch.exp(-nll.detach())
         done |= prob >= cfg.v_stop_prob

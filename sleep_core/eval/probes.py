@@ -1,10 +1,12 @@
 """Recall probes: does the model produce the object, in raw completion and inside its chat template?"""
+import json
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..editing.prompts import chat_prompt
+from ..paths import data_dir
+from .forward import continuations, next_token_scores
 
 
 # SmolLM2 adds no BOS token, so a bare prompt puts the subject on the attention-sink positions, whose
@@ -28,12 +30,10 @@ def _encode(tokenizer, prompt: str, answer: str, templated: bool) -> tuple[list[
     return enc["input_ids"], first
 
 
-@torch.no_grad()
 def score_answers(model, tokenizer, pairs: list[tuple[str, str]], templated: bool = False,
                   batch_size: int = 32) -> list[AnswerScore]:
     """Teacher-forced log-probability and greedy exact match of each (prompt, answer); answers keep their
     leading space (" Paris") as they would follow the prompt."""
-    device = model.get_input_embeddings().weight.device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     scores = []
     for start in range(0, len(pairs), batch_size):
@@ -43,21 +43,17 @@ def score_answers(model, tokenizer, pairs: list[tuple[str, str]], templated: boo
         mask = torch.zeros_like(ids)
         for row, (seq, _) in enumerate(encoded):
             ids[row, :len(seq)], mask[row, :len(seq)] = torch.tensor(seq), 1
-        logp = F.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                   use_cache=False).logits.float(), -1).cpu()
+        logp, greedy = next_token_scores(model, ids, mask)
         for row, (seq, first) in enumerate(encoded):
             pos = torch.arange(first - 1, len(seq) - 1)
             target = torch.tensor(seq[first:])
-            scores.append(AnswerScore(logp[row, pos, target].sum().item(),
-                                      bool((logp[row, pos].argmax(-1) == target).all())))
+            scores.append(AnswerScore(logp[row, pos].sum().item(), bool((greedy[row, pos] == target).all())))
     return scores
 
 
-@torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 24, templated: bool = True,
              batch_size: int = 16) -> list[str]:
     """Greedy continuations, left-padded batches."""
-    device = model.get_input_embeddings().weight.device
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -65,10 +61,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 24, tem
         out = []
         for start in range(0, len(prompts), batch_size):
             enc = tokenizer(prompts[start: start + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=not templated).to(device)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
-            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                            add_special_tokens=not templated)
+            new = continuations(model, tokenizer, enc["input_ids"], enc["attention_mask"], max_new_tokens)
+            out += tokenizer.batch_decode(new, skip_special_tokens=True)
         return out
     finally:
         tokenizer.padding_side = side
@@ -89,6 +84,16 @@ def chat_recall(model, tokenizer, facts) -> list[bool]:
     asked = [f for f in facts if f.questions]
     answers = iter(chat_answers(model, tokenizer, [f.questions[0] for f in asked]))
     return [f.object.lower() in next(answers).lower() if f.questions else False for f in facts]
+
+
+def known_facts() -> list[tuple[str, str]]:
+    """Common-knowledge sentence beginnings and their answers, for specificity (sleep_core/data/known_facts.json)."""
+    return [(row["prompt"], row["answer"]) for row in json.loads((data_dir() / "known_facts.json").read_text())]
+
+
+def knows(model, tokenizer, pairs: list[tuple[str, str]]) -> list[bool]:
+    """The greedy completion of each prompt begins with its answer."""
+    return [s.greedy for s in score_answers(model, tokenizer, [(p, " " + a) for p, a in pairs])]
 
 
 def greedy_tokens(model, tokenizer, prompts: list[str], n: int = 3, context: str = RAW_CONTEXT) -> list[str]:

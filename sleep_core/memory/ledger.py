@@ -1,21 +1,22 @@
 """Live weight = pristine + Σ active fact columns: the only way an edited weight ever changes.
 
 Revert is never subtraction: every change rebuilds the layer from the pristine copy and the surviving
-columns in a fixed order, so reverting any edit, or all of them, restores the weights bitwise.
+columns in a fixed order, so reverting any edit, or all of them, restores the weights bitwise. The sum is
+formed in float32 and written in the layer's own form (its dtype, or its quantization) by the adapter.
 """
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
 
-from ..model.adapter import ModelAdapter
+from ..model.backend import Adapter
 from .facts import FactEdit
 
 
 class WeightLedger:
-    def __init__(self, adapter: ModelAdapter):
+    def __init__(self, adapter: Adapter):
         self.adapter = adapter
-        self.pristine = {l: adapter.read_weight(l).detach().to("cpu", copy=True) for l in adapter.layers}
+        self.pristine = {l: adapter.weights[l].snapshot() for l in adapter.layers}
         self.columns: dict[int, FactEdit] = {}
 
     def set(self, fact_id: int, edit: FactEdit) -> None:
@@ -34,20 +35,17 @@ class WeightLedger:
         self.columns = dict(snapshot)
         self.rebuild()
 
-    def delta(self, layer: int) -> torch.Tensor | None:
-        """Σ a bᵀ over active facts in id order, float32 (d_out, d_in), or None without edits."""
+    def factors(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(A, B) with Σ a bᵀ = A Bᵀ over active facts in id order, float32, or None without edits."""
         if not self.columns:
             return None
         ids = sorted(self.columns)
-        A = torch.stack([self.columns[i].a[layer] for i in ids], 1)
-        B = torch.stack([self.columns[i].b[layer] for i in ids], 1)
-        return A @ B.T
+        return (torch.stack([self.columns[i].a[layer] for i in ids], 1),
+                torch.stack([self.columns[i].b[layer] for i in ids], 1))
 
     def rebuild(self) -> None:
         for layer in self.adapter.layers:
-            live, base, delta = self.adapter.read_weight(layer), self.pristine[layer], self.delta(layer)
-            weight = base if delta is None else self.adapter.to_stored(self.adapter.as_matrix(base) + delta, like=base)
-            self.adapter.write_weight(layer, weight.to(live.device))
+            self.adapter.weights[layer].restore(self.pristine[layer], self.factors(layer))
 
     def keys(self, layer: int) -> torch.Tensor:
         """Keys of the active facts, (d_in, N): what a constrained update must preserve."""
@@ -69,4 +67,4 @@ class WeightLedger:
             self.rebuild()
 
     def is_pristine(self) -> bool:
-        return all(torch.equal(self.adapter.read_weight(l).cpu(), self.pristine[l]) for l in self.adapter.layers)
+        return all(self.adapter.weights[l].matches(self.pristine[l]) for l in self.adapter.layers)

@@ -24,7 +24,7 @@ from .migrations import migrate
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("pending", "healthy", "degraded", "superseded")
+STATUSES = ("pending", "healthy", "degraded", "superseded", "dropped")
 MAX_FIELD_CHARS = 1_000      # subject, relation, object, each question
 MAX_SOURCE_CHARS = 10_000    # the message a fact came from (extraction refuses longer ones too)
 EXPORT_FORMAT, EXPORT_VERSION = "sleeping-llm-memory", 1
@@ -321,9 +321,9 @@ class Store:
         with self.transaction():
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"counter.{name}", self.counter(name) + by))
 
-    def reset(self, name: str) -> None:
+    def set_counter(self, name: str, value: int = 0) -> None:
         with self.transaction():
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"counter.{name}", 0))
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"counter.{name}", value))
 
     # reports
     def add_report(self, kind: str, started_at: str, body: dict) -> int:

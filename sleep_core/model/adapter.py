@@ -1,9 +1,13 @@
 """A loaded Hugging Face causal LM seen as what editing needs: layers, MLP output projections, the head."""
-import hashlib
-import json
+import functools
+import inspect
+
 import torch
 
 from .architectures import Architecture, UnsupportedModelError, architecture_for
+from .dense import as_matrix, to_stored
+from .fingerprint import fingerprint
+from .weights import LayerWeight, check_supported, in_features, is_bitsandbytes, layer_weight
 
 
 def _get(obj, path: str):
@@ -17,28 +21,59 @@ def unwrap(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-class ModelAdapter:
-    """Reads and writes the MLP output projection of each layer as a float32 (d_out, d_in) matrix."""
+def quant_method(config) -> str | None:
+    """The loader's quantization ('bitsandbytes', 'gptq', 'awq', ...), None for plain weights."""
+    q = getattr(config, "quantization_config", None)
+    method = q.get("quant_method") if isinstance(q, dict) else getattr(q, "quant_method", None)
+    return str(getattr(method, "value", method)) if method else None
 
-    def __init__(self, model, layers: tuple[int, ...] | None = None):
+
+def _offloaded(tensor: torch.Tensor) -> bool:
+    return tensor.device.type == "meta"
+
+
+def _stored(module: torch.nn.Module) -> torch.Tensor:
+    """The module's weight, read from accelerate's offload map when the parameter itself is on 'meta'."""
+    weight = module.weight
+    hook = getattr(module, "_hf_hook", None)
+    if _offloaded(weight) and getattr(hook, "weights_map", None) is not None:
+        return hook.weights_map["weight"]
+    return weight
+
+
+class ModelAdapter:
+    """The MLP output projection of each edited layer, read and written through one writer per layer; every
+    tensor an edit computes lives on that layer's own device."""
+
+    def __init__(self, model, layers: tuple[int, ...] | None = None, quantized_edits: str = "side_branch"):
         self.model = unwrap(model)
         self.config = self.model.config
         model_type = getattr(self.config, "model_type", type(self.model).__name__)
         self.arch: Architecture = architecture_for(model_type)
         self.model_type = model_type
         self.blocks = _get(self.model, self.arch.layers)
-        self.layers = tuple(layers) if layers else self.default_layers()
+        self.layers = tuple(layers) if layers else self.arch.edited_layers(len(self.blocks))
         for l in self.layers:
-            if not 0 <= l < len(self.blocks):
-                raise UnsupportedModelError(f"Layer {l} does not exist: the model has {len(self.blocks)} layers.")
-            if self.out_proj(l).weight.device.type == "meta":
-                raise UnsupportedModelError(
-                    f"Layer {l} is offloaded to disk ('meta' device) by accelerate; load the model with "
-                    "enough GPU/CPU memory for the edited layers, or choose other layers.")
+            self._check_layer(l)
+        if _offloaded(self.model.get_input_embeddings().weight):
+            raise UnsupportedModelError("The input embeddings are offloaded by accelerate ('meta' device); "
+                                        "load the model with room for them on a GPU or the CPU.")
+        if any(is_bitsandbytes(m) for m in self.model.modules()):
+            from .quantized import disable_cpu_repacking
+            disable_cpu_repacking(self.model)
+        self.weights: dict[int, LayerWeight] = {l: layer_weight(self.out_proj(l), quantized_edits)
+                                                for l in self.layers}
 
-    def default_layers(self) -> tuple[int, ...]:
-        last = len(self.blocks) - 1
-        return tuple(sorted({round(f * last) for f in self.arch.default_layers}))
+    def _check_layer(self, layer: int) -> None:
+        if not 0 <= layer < len(self.blocks):
+            raise UnsupportedModelError(f"Layer {layer} does not exist: the model has {len(self.blocks)} layers.")
+        module = self.out_proj(layer)
+        check_supported(module, layer, quant_method(self.config))
+        if _offloaded(module.weight):
+            raise UnsupportedModelError(
+                f"Layer {layer}'s MLP weights are offloaded by accelerate (to the CPU or disk, 'meta' device "
+                "in the model), where they cannot be edited; load the model with room for the edited layers "
+                "on a GPU or the CPU, or choose other layers.")
 
     def out_proj(self, layer: int) -> torch.nn.Module:
         return _get(self.blocks[layer], self.arch.out_proj)
@@ -52,51 +87,68 @@ class ModelAdapter:
 
     @property
     def d_in(self) -> int:
-        w = self.out_proj(self.layers[0]).weight
-        return w.shape[0] if self.arch.conv1d else w.shape[1]
+        return in_features(self.out_proj(self.layers[0]))
 
     def read_weight(self, layer: int) -> torch.Tensor:
-        """The live weight as stored (dtype and orientation of the model), detached."""
+        """The live weight as stored (dtype and orientation of the model; packed codes when quantized), detached."""
         return self.out_proj(layer).weight.detach()
 
-    def write_weight(self, layer: int, weight: torch.Tensor) -> None:
-        """Copy `weight` (the stored orientation and dtype) into the live parameter."""
-        with torch.no_grad():
-            self.out_proj(layer).weight.copy_(weight)
+    def add_update(self, layer: int, A: torch.Tensor, B: torch.Tensor) -> None:
+        """live += A Bᵀ, on the layer's device and in its dtype or quantization."""
+        self.weights[layer].add(A, B)
+
+    # the measurements editing makes, one implementation per backend (editing imports this module, hence the
+    # imports inside)
+    def measure(self, batch, layer: int, target_layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..editing.keys import measure
+        return measure(self, batch, layer, target_layer)
+
+    def optimize_targets(self, batch, layer: int, cfg):
+        from ..editing.values import optimize_targets
+        return optimize_targets(self, batch, layer, cfg)
+
+    def compute_moments(self, tokenizer, texts, max_tokens: int, progress=None) -> dict[int, torch.Tensor]:
+        from ..editing.covariance import compute_moments
+        return compute_moments(self, tokenizer, texts, max_tokens, progress)
 
     def as_matrix(self, stored: torch.Tensor) -> torch.Tensor:
-        """Stored weight -> float32 (d_out, d_in)."""
-        w = stored.float()
-        return w.T if self.arch.conv1d else w
+        """A plain stored weight -> float32 (d_out, d_in)."""
+        return as_matrix(stored, self.arch.conv1d)
 
     def to_stored(self, matrix: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """float32 (d_out, d_in) -> the stored orientation, dtype and device of `like`."""
-        w = matrix.T if self.arch.conv1d else matrix
-        return w.to(dtype=like.dtype, device=like.device)
+        """float32 (d_out, d_in) -> the stored orientation, dtype and device of the plain weight `like`."""
+        return to_stored(matrix, like, self.arch.conv1d)
 
     @property
     def final_norm(self) -> torch.nn.Module:
         return _get(self.model, self.arch.final_norm)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Final norm, LM head and (Gemma 2) logit soft-capping applied to residual states."""
-        logits = self.model.get_output_embeddings()(self.final_norm(hidden))
+    def head(self, normed: torch.Tensor) -> torch.Tensor:
+        """LM head and (Gemma 2) logit soft-capping applied to final-normed hidden states, on the input device."""
+        logits = self.model.get_output_embeddings()(normed)
         cap = getattr(self.config, "final_logit_softcapping", None)
-        return torch.tanh(logits / cap) * cap if cap else logits
+        return (torch.tanh(logits / cap) * cap if cap else logits).to(self.input_device())
+
+    def base_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                     cache=None):
+        """The decoder without its LM head: (final-normed hidden states, key/value cache). With a `cache`,
+        `input_ids` continue it and `attention_mask` covers the cached positions too."""
+        base = self.model.base_model
+        out = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                   **{self._cache_argument: cache})
+        return out.last_hidden_state, out["cache"] if "cache" in out else out["past_key_values"]
+
+    @functools.cached_property
+    def _cache_argument(self) -> str:
+        """transformers renamed past_key_values to cache; the model's own forward says which it takes."""
+        forward = inspect.unwrap(self.model.base_model.forward)
+        return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
     def input_device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
 
     def fingerprint(self) -> str:
-        """Shape-defining config and a sample of every MLP output weight: memories never cross models.
-
-        The folder name is left out so the same weights share one memory in the app and in the host."""
-        h = hashlib.sha256()
-        shape = {k: getattr(self.config, k, None) for k in
-                 ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size", "n_embd")}
-        h.update(json.dumps(shape, sort_keys=True).encode())
-        for block in self.blocks:
-            w = _get(block, self.arch.out_proj).weight.detach().reshape(-1)
-            sample = torch.cat([w[:4096], w[:: max(1, w.numel() // 4096)]]).to("cpu")
-            h.update(sample.contiguous().view(torch.uint8).numpy().tobytes())
-        return f"{self.model_type}-{h.hexdigest()[:16]}"
+        """Shape-defining config and a sample of every MLP output weight: memories never cross models."""
+        weights = (_stored(_get(block, self.arch.out_proj)).detach().reshape(-1) for block in self.blocks)
+        return fingerprint(self.model_type, self.config, weights,
+                           lambda w: w.to("cpu").contiguous().view(torch.uint8).numpy().tobytes())

@@ -10,6 +10,10 @@ class Architecture:
     conv1d: bool = False        # GPT-2's Conv1D stores the weight as (in, out)
     default_layers: tuple[float, ...] = (0.27, 0.30, 0.33, 0.37, 0.40)  # fractions of depth
 
+    def edited_layers(self, n_layers: int) -> tuple[int, ...]:
+        """The default edited layers of a model with `n_layers` decoder layers."""
+        return tuple(sorted({round(f * (n_layers - 1)) for f in self.default_layers}))
+
 
 _LLAMA_LIKE = Architecture("model.layers", "mlp.down_proj", "model.norm")
 

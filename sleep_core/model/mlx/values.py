@@ -1,0 +1,168 @@
+"""Target residuals on an mlx-lm model: the optimisation of editing/values.py (MEMIT eq. 16), step for step.
+
+As there, every prompt's prefix (the tokens before its subject token) runs once into a key/value cache, the
+suffixes run once up to the target layer, and each Adam step runs only the blocks above it. mx.value_and_grad
+differentiates with respect to the deltas alone, and MLX's laziness skips the backward pass of the last step.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import mlx.core as mx
+import mlx.optimizers as optim
+import numpy as np
+import torch
+from mlx_lm.models.base import create_causal_mask
+from mlx_lm.models.cache import BatchKVCache
+
+from ...editing.hparams import EditConfig
+from ...editing.prompts import PromptBatch
+from ...editing.values import Targets, _groups
+from .capture import capture
+from .convert import to_mx, to_torch
+
+if TYPE_CHECKING:
+    from .adapter import MlxAdapter
+
+
+class _Prefix:
+    """One block's cache during a step: the prefixes' keys and values, then the suffixes', which are not kept."""
+
+    def __init__(self, keys: mx.array, values: mx.array, offset: mx.array):
+        self.keys, self.values, self.offset = keys, values, offset    # offset: each row's subject position
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        return mx.concatenate([self.keys, keys], axis=2), mx.concatenate([self.values, values], axis=2)
+
+
+@dataclass
+class _Group:
+    rows: torch.Tensor          # batch rows in this group
+    fact: mx.array              # (B,) each row's fact
+    h: mx.array                 # (B, S, d) residual after the target layer, each row from its subject token on
+    caches: list                # per block above the target layer: its _Prefix, or None where no row has a prefix
+    mask: mx.array | str        # the suffixes' attention over the left-padded prefixes and themselves
+    answer: mx.array            # (A, 2) local (row, suffix position) whose output predicts an object token
+    tokens: mx.array            # (A,) the object token predicted there
+    kl: mx.array                # (k, 2) local (row, suffix position) of the last token of KL prompts
+    nll_weight: mx.array        # (n, A) a fact's NLL = this @ token NLLs: mean over a row's tokens, then its rows
+    kl_fact: mx.array           # (n, k) 1 where a KL prompt belongs to the fact
+
+
+def _split(batch: PromptBatch, rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's prefix, left-padded, and its suffix from the subject token on, right-padded."""
+    start, length = batch.subject_pos[rows], batch.attention_mask[rows].sum(1)
+    L, S = int(start.max()), int((length - start).max())
+    prefix, suffix = np.zeros((len(rows), L), dtype=np.int64), np.zeros((len(rows), S), dtype=np.int64)
+    for j, (row, s, n) in enumerate(zip(rows.tolist(), start.tolist(), length.tolist())):
+        prefix[j, L - s:] = batch.input_ids[row, :s].numpy()
+        suffix[j, : n - s] = batch.input_ids[row, s:n].numpy()
+    return prefix, suffix
+
+
+def _prepare(adapter: MlxAdapter, batch: PromptBatch, rows: torch.Tensor, layer: int, weights: torch.Tensor
+             ) -> _Group:
+    """Run the prefixes (all blocks, for their caches) and the suffixes up to `layer` once; `weights`: each
+    answer token's share of its fact's NLL, per batch row."""
+    prefix, suffix = _split(batch, rows)
+    L, S = prefix.shape[1], suffix.shape[1]
+    start = batch.subject_pos[rows]
+    caches, upper = None, [None] * (len(adapter.blocks) - layer - 1)
+    mask: mx.array | str = "causal"
+    if L > 0:
+        caches = [BatchKVCache((L - start).tolist()) for _ in adapter.blocks]
+        adapter.model(mx.array(prefix), cache=caches)      # lazy: only the caches below are ever evaluated
+        offset = caches[0].offset
+        upper = [_Prefix(c.keys[..., :L, :], c.values[..., :L, :], offset) for c in caches[layer + 1:]]
+        mask = create_causal_mask(S, offset=L, left_padding=to_mx(L - start))
+    with capture(outputs={"h": adapter.block_spot(layer)}) as seen:
+        adapter.model(mx.array(suffix), cache=caches)
+    h = seen["h"]
+    mx.eval(h, [(c.keys, c.values) for c in upper if c is not None])
+
+    answer = batch.answer_mask[rows][:, 1:].nonzero()
+    tokens = batch.input_ids[rows[answer[:, 0]], answer[:, 1] + 1]
+    kl_rows = (~batch.rewrite[rows]).nonzero().squeeze(1)
+    kl = torch.stack([kl_rows, batch.last_pos[rows][kl_rows]], 1)
+    local = lambda at: to_mx(torch.stack([at[:, 0], at[:, 1] - start[at[:, 0]]], 1))   # noqa: E731
+    fact = batch.fact[rows]
+    nll_weight = torch.zeros(batch.n_facts, len(answer))
+    nll_weight[fact[answer[:, 0]], torch.arange(len(answer))] = weights[rows[answer[:, 0]]]
+    kl_fact = torch.zeros(batch.n_facts, len(kl))
+    kl_fact[fact[kl_rows], torch.arange(len(kl))] = 1.0
+    return _Group(rows, to_mx(fact), h, upper, mask, local(answer), to_mx(tokens), local(kl), to_mx(nll_weight),
+                  to_mx(kl_fact))
+
+
+def _run(adapter: MlxAdapter, g: _Group, layer: int, delta: mx.array) -> mx.array:
+    """Normed final hidden states of the group's suffixes with `delta` (B, d) added after `layer` at the subject."""
+    h = mx.concatenate([g.h[:, :1] + delta[:, None], g.h[:, 1:]], axis=1)
+    for block, cache in zip(adapter.blocks[layer + 1:], g.caches):
+        h = block(h, g.mask, cache=cache)
+    return adapter.final_norm(h)
+
+
+def _log_softmax(logits: mx.array) -> mx.array:
+    logits = logits.astype(mx.float32)
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
+def _losses(adapter, groups: list[_Group], layer: int, delta: mx.array, log_p0: list):
+    """Per-fact object NLL and KL from the unedited next-token distribution of the KL prompts (`log_p0`, None at
+    the first step, where the delta is zero), and each group's KL log-probabilities."""
+    nll = kl = mx.zeros(delta.shape[0])
+    log_ps = []
+    for g, p0 in zip(groups, log_p0):
+        out = _run(adapter, g, layer, delta[g.fact])
+        logp = _log_softmax(adapter.head(out[g.answer[:, 0], g.answer[:, 1]]))
+        nll = nll + g.nll_weight @ -mx.take_along_axis(logp, g.tokens[:, None], axis=1)[:, 0]
+        log_p = mx.zeros((0,))
+        if g.kl.shape[0]:
+            log_p = _log_softmax(adapter.head(out[g.kl[:, 0], g.kl[:, 1]]))
+            p0 = mx.stop_gradient(log_p) if p0 is None else p0
+            kl = kl + g.kl_fact @ (mx.exp(p0) * (p0 - log_p)).sum(-1)
+        log_ps.append(log_p)
+    return nll, kl, log_ps
+
+
+def optimize_targets(adapter: MlxAdapter, batch: PromptBatch, layer: int, cfg: EditConfig) -> Targets:
+    """Adam on one delta per fact, added at its subject token in every prompt after `layer`."""
+    n, P, d = batch.n_facts, len(batch.fact), adapter.d_model
+    answers_per_row = batch.answer_mask[:, 1:].sum(1).clamp(min=1)
+    rewrites_per_fact = torch.bincount(batch.fact[batch.rewrite], minlength=n).clamp(min=1)
+    weights = batch.rewrite / (answers_per_row * rewrites_per_fact[batch.fact])
+    groups = [_prepare(adapter, batch, rows, layer, weights) for rows in _groups(batch)]
+    h0 = torch.zeros(P, d)
+    for g in groups:
+        h0[g.rows] = to_torch(g.h[:, 0])
+    # the step size and the clamp scale with the residual norm of the model at hand
+    h_norm = torch.zeros(n).scatter_reduce(0, batch.fact, h0.norm(dim=1), "amax", include_self=False)
+    opt = optim.Adam(cfg.v_step * h_norm.mean().item() / math.sqrt(d), bias_correction=True)  # torch's Adam
+    h_norm = to_mx(h_norm)
+
+    def objective(delta: mx.array, log_p0: list):
+        nll, kl, log_ps = _losses(adapter, groups, layer, delta, log_p0)
+        loss = nll + cfg.kl_factor * kl + cfg.v_weight_decay * (delta * delta).sum(1) / h_norm ** 2
+        return loss.sum(), nll, log_ps
+
+    loss_and_grad = mx.value_and_grad(objective)
+    delta, log_p0 = mx.zeros((n, d)), [None] * len(groups)
+    done = np.zeros(n, dtype=bool)
+    for step in range(1, cfg.v_steps + 1):
+        (_, nll, log_ps), grad = loss_and_grad(delta, log_p0)
+        prob = np.array(mx.exp(-nll))          # evaluates the forward pass only
+        if step == 1:
+            log_p0 = log_ps
+        done |= prob >= cfg.v_stop_prob
+        if done.all() or step == cfg.v_steps:
+            break
+        # each fact's loss depends on its own delta only, so masking its gradient drops it from the sum
+        still = mx.array(~done)[:, None]
+        moved = opt.apply_gradients({"delta": grad * still}, {"delta": delta})["delta"]
+        moved = mx.where(still, moved, delta)
+        scale = mx.minimum(cfg.clamp_norm * h_norm / mx.maximum(mx.linalg.norm(moved, axis=1), 1e-12), 1.0)
+        delta = moved * scale[:, None]
+        mx.eval(delta, opt.state)
+    return Targets(to_torch(delta), h0, torch.from_numpy(prob), step)
