@@ -99,3 +99,15 @@ def test_over_the_cap_a_sleep_drops_the_oldest_unpinned_facts_and_says_so(tiny_l
     assert set(memory.ledger.columns) == {pinned, newest}, "a pinned fact is never dropped"
     assert memory.store.fact(oldest).status == "dropped" and memory.store.fact(oldest).object == "Portland"
     memory.close()
+
+
+def test_consolidation_writes_each_facts_share_exactly_at_its_own_key(tiny_llama, tokenizer, store_dir):
+    from sleep_core.editing.consolidate import consolidate
+    memory = _memory(tiny_llama, tokenizer, store_dir)
+    memory.inject_now(FACTS + [Fact("Kaito", "works as", "cartographer", ("What does Kaito work as?",))])
+    joint = consolidate(memory.ledger.snapshot(), memory.priors(), memory.config.edit)
+    for layer in memory.adapter.layers:
+        update = sum(torch.outer(e.a[layer], e.b[layer]) for e in joint.values())
+        for edit in joint.values():      # no crosstalk left: each key gets its own fact's share and nothing else
+            assert torch.allclose(update @ edit.k[layer], edit.a[layer], rtol=1e-3, atol=1e-4)
+    memory.close()

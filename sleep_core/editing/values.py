@@ -40,7 +40,7 @@ class _Group:
     calls: list = field(default_factory=list)          # (block, args, kwargs) of every block above it
 
 
-def _groups(batch: PromptBatch) -> list[torch.Tensor]:
+def suffix_groups(batch: PromptBatch) -> list[torch.Tensor]:
     """Rows with suffixes of similar length; rows whose subject opens the prompt have no prefix to cache."""
     suffix = batch.attention_mask.sum(1) - batch.subject_pos
     out = []
@@ -139,7 +139,7 @@ def optimize_targets(adapter: ModelAdapter, batch: PromptBatch, layer: int, cfg:
 
 
 def _optimize(adapter: ModelAdapter, batch: PromptBatch, layer: int, cfg: EditConfig) -> Targets:
-    groups = [_prepare(adapter, batch, rows) for rows in _groups(batch)]
+    groups = [_prepare(adapter, batch, rows) for rows in suffix_groups(batch)]
     n, P = batch.n_facts, len(batch.fact)
     answers_per_row = torch.bincount(torch.cat([g.rows[g.answer[:, 0]] for g in groups]), minlength=P).clamp(min=1)
     rewrites_per_fact = torch.bincount(batch.fact[batch.rewrite], minlength=n).clamp(min=1)

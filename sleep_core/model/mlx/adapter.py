@@ -1,9 +1,14 @@
 """An mlx-lm model seen as editing needs it: the decoder blocks, the MLP output projections, the final norm and
 the head. mlx-lm names these modules as transformers does for the Llama-layout families."""
+from typing import Callable, Iterable
+
 import mlx.core as mx
 import numpy as np
 import torch
 
+from ...editing.hparams import EditConfig
+from ...editing.prompts import PromptBatch
+from ...editing.values import Targets
 from ..architectures import ALIASES, UnsupportedModelError, architecture_for
 from ..fingerprint import fingerprint
 from . import covariance, keys, values
@@ -66,13 +71,14 @@ class MlxAdapter:
             return self.model.lm_head(normed)
         return self.model.model.embed_tokens.as_linear(normed)
 
-    def measure(self, batch, layer: int, target_layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def measure(self, batch: PromptBatch, layer: int, target_layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         return keys.measure(self, batch, layer, target_layer)
 
-    def optimize_targets(self, batch, layer: int, cfg):
+    def optimize_targets(self, batch: PromptBatch, layer: int, cfg: EditConfig) -> Targets:
         return values.optimize_targets(self, batch, layer, cfg)
 
-    def compute_moments(self, tokenizer, texts, max_tokens: int, progress=None) -> dict[int, torch.Tensor]:
+    def compute_moments(self, tokenizer, texts: Iterable[str], max_tokens: int,
+                        progress: Callable[[int, int], None] | None = None) -> dict[int, torch.Tensor]:
         return covariance.compute_moments(self, tokenizer, texts, max_tokens, progress)
 
     def fingerprint(self) -> str:

@@ -30,13 +30,10 @@ def use_openblas() -> bool:
                     "15-20x slower: import sleep_core.model.mlx first, or run with LD_PRELOAD=%s", name)
         return False
     _openblas = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
-    if "OPENBLAS_NUM_THREADS" not in os.environ:
-        blas_threads(1)
     return True
 
 
 def blas_threads(n: int) -> None:
-    """Threads OpenBLAS uses for MLX's matrix products: one unless $OPENBLAS_NUM_THREADS says otherwise, since
-    its idle threads spin, and beside torch's threads they slowed torch ten times on two cores."""
+    """Threads OpenBLAS uses for MLX's matrix products (by default $OPENBLAS_NUM_THREADS, else one per core)."""
     if _openblas is not None:
         _openblas.openblas_set_num_threads(n)

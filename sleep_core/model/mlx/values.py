@@ -19,7 +19,7 @@ from mlx_lm.models.cache import BatchKVCache
 
 from ...editing.hparams import EditConfig
 from ...editing.prompts import PromptBatch
-from ...editing.values import Targets, _groups
+from ...editing.values import Targets, suffix_groups
 from .capture import capture
 from .convert import to_mx, to_torch
 
@@ -109,7 +109,7 @@ def _log_softmax(logits: mx.array) -> mx.array:
     return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
 
-def _losses(adapter, groups: list[_Group], layer: int, delta: mx.array, log_p0: list):
+def _losses(adapter: MlxAdapter, groups: list[_Group], layer: int, delta: mx.array, log_p0: list):
     """Per-fact object NLL and KL from the unedited next-token distribution of the KL prompts (`log_p0`, None at
     the first step, where the delta is zero), and each group's KL log-probabilities."""
     nll = kl = mx.zeros(delta.shape[0])
@@ -133,7 +133,7 @@ def optimize_targets(adapter: MlxAdapter, batch: PromptBatch, layer: int, cfg: E
     answers_per_row = batch.answer_mask[:, 1:].sum(1).clamp(min=1)
     rewrites_per_fact = torch.bincount(batch.fact[batch.rewrite], minlength=n).clamp(min=1)
     weights = batch.rewrite / (answers_per_row * rewrites_per_fact[batch.fact])
-    groups = [_prepare(adapter, batch, rows, layer, weights) for rows in _groups(batch)]
+    groups = [_prepare(adapter, batch, rows, layer, weights) for rows in suffix_groups(batch)]
     h0 = torch.zeros(P, d)
     for g in groups:
         h0[g.rows] = to_torch(g.h[:, 0])
@@ -164,5 +164,5 @@ def optimize_targets(adapter: MlxAdapter, batch: PromptBatch, layer: int, cfg: E
         moved = mx.where(still, moved, delta)
         scale = mx.minimum(cfg.clamp_norm * h_norm / mx.maximum(mx.linalg.norm(moved, axis=1), 1e-12), 1.0)
         delta = moved * scale[:, None]
-        mx.eval(delta, opt.state)
+        mx.eval(delta, opt.state, log_p0)
     return Targets(to_torch(delta), h0, torch.from_numpy(prob), step)
