@@ -40,7 +40,7 @@ def tiny_llama(tokenizer):
     return _tiny("llama", len(tokenizer))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_tiny(tokenizer):
     """A factory: the same seed gives the same pristine weights, as a fresh process loading the model would."""
     return lambda kind="llama": _tiny(kind, len(tokenizer))

@@ -8,7 +8,6 @@ from transformers import AutoModelForCausalLM
 from sleep_core import EditConfig, Fact, Memory, MemoryConfig, UnsupportedModelError
 from sleep_core.model import ModelAdapter
 
-from conftest import _tiny
 
 FACTS = [Fact("Aria", "lives in", "Portland", ("Where does Aria live?",)),
          Fact("my dog", "'s name is", "Biscuit", ("What is my dog's name?",))]
@@ -42,9 +41,9 @@ def _edit_and_forget(model, tokenizer, store_dir) -> None:
 
 
 @pytest.fixture(scope="module")
-def saved(tokenizer, tmp_path_factory):
+def saved(make_tiny, tmp_path_factory):
     folder = tmp_path_factory.mktemp("llama")
-    _tiny("llama", len(tokenizer)).save_pretrained(folder)
+    make_tiny("llama").save_pretrained(folder)
     return folder
 
 

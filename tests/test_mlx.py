@@ -30,6 +30,8 @@ FACTS = [Fact("my dog", "'s name is", "Biscuit", ("What is my dog's name?",)),
          Fact("Kaito", "works as", "cartographer", ("What does Kaito work as?",)),
          Fact("Aria", "lives in", "Portland", ("Where does Aria live?",))]
 PROBE = "Where does Aria live? Aria lives in"
+# raw completion must start with the object: "Kaito works as" goes on "a cartographer" once learned
+PARITY = [FACTS[0], FACTS[2]]
 
 
 def _tiny_mlx(vocab: int, like: torch.nn.Module | None = None):
@@ -50,8 +52,8 @@ def tiny_mlx(tokenizer):
     return _tiny_mlx(len(tokenizer))
 
 
-def _config(store_dir, v_steps: int = 4) -> MemoryConfig:
-    return MemoryConfig(store_dir=store_dir, auto_sleep=False, edit=EditConfig(cov_tokens=3000, v_steps=v_steps))
+def _config(store_dir, v_steps: int = 4, cov_tokens: int = 3000) -> MemoryConfig:
+    return MemoryConfig(store_dir=store_dir, auto_sleep=False, edit=EditConfig(cov_tokens=cov_tokens, v_steps=v_steps))
 
 
 def _weights(memory) -> dict:
@@ -200,7 +202,7 @@ def _reopen(model, tokenizer, store) -> tuple[dict, tuple]:
     """The edited weights and the answers of a new Memory on `model` reading `store`; the model is left pristine."""
     memory = Memory.open(model, tokenizer, MemoryConfig(store_dir=store, auto_sleep=False))
     assert not memory.problems and [r.status for r in memory.facts()] == ["healthy", "healthy"]
-    out = _dense(memory), _answers(model, memory.tokenizer, FACTS[:2])
+    out = _dense(memory), _answers(model, memory.tokenizer, PARITY)
     memory.close(restore_weights=True)
     return out
 
@@ -218,13 +220,17 @@ def test_torch_and_mlx_give_the_same_answers_and_read_each_others_stores(real_mo
     backends = {"torch": (real_model, tokenizer), "mlx": (model, mlx_tokenizer)}
     edited, answers = {}, {}
     for name, (net, tok) in backends.items():
-        memory = Memory.open(net, tok, _config(tmp_path / name, v_steps=25))
-        memory.inject_now(FACTS[:2])
-        edited[name], answers[name] = _dense(memory), _answers(net, memory.tokenizer, FACTS[:2])
-        assert raw_recall(net, memory.tokenizer, FACTS[:2]) == [True, True]
-        memory.close(restore_weights=True)
+        # the default covariance (shared through its cache with the other model tests): 3,000 tokens are
+        # too few for the 1,536-wide keys of the early layers edited by default
+        memory = Memory.open(net, tok, _config(tmp_path / name, v_steps=25, cov_tokens=EditConfig().cov_tokens))
+        try:
+            memory.inject_now(PARITY)
+            edited[name], answers[name] = _dense(memory), _answers(net, memory.tokenizer, PARITY)
+            assert raw_recall(net, memory.tokenizer, PARITY) == [True, True]
+        finally:
+            memory.close(restore_weights=True)
     assert answers["torch"] == answers["mlx"]
-    assert all(f.object in chat for f, chat in zip(FACTS, answers["mlx"][1]))
+    assert all(f.object in chat for f, chat in zip(PARITY, answers["mlx"][1]))
     for l in edited["torch"]:        # the edits themselves agree to rounding (below 1e-3 on weights up to 6)
         difference = (edited["torch"][l] - edited["mlx"][l]).abs().max().item()
         print(f"layer {l}: largest difference between the torch and the MLX edit {difference:.1e}")

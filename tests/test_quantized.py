@@ -10,7 +10,6 @@ from sleep_core.model import ModelAdapter
 bnb = pytest.importorskip("bitsandbytes")
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig  # noqa: E402
 
-from conftest import _tiny  # noqa: E402
 
 FACTS = [Fact("Aria", "lives in", "Portland", ("Where does Aria live?",)),
          Fact("my dog", "'s name is", "Biscuit", ("What is my dog's name?",))]
@@ -23,12 +22,12 @@ QUANT = {"nf4": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
 
 
 @pytest.fixture(scope="module")
-def saved(tokenizer, tmp_path_factory):
+def saved(make_tiny, tmp_path_factory):
     """Tiny random models saved once, to be loaded quantized the way a user loads one."""
     folders = {}
     for kind in ("llama", "gpt2"):
         folders[kind] = tmp_path_factory.mktemp(kind)
-        _tiny(kind, len(tokenizer)).save_pretrained(folders[kind])
+        make_tiny(kind).save_pretrained(folders[kind])
     return folders
 
 

@@ -37,6 +37,7 @@ def run_mode(model, tokenizer, facts, mode: str, store, heldout: str, others,
         "recall_chat": sum(chat_recall(model, tokenizer, facts)) / len(facts),
         "recall_raw_bare": sum(raw_recall(model, tokenizer, facts, context="")) / len(facts),
         "specificity": still_known(model, tokenizer, known), "known_facts": len(known),
+        "specificity_lenient": still_known(model, tokenizer, known, lenient=True),
         # stricter and noisier: the first three greedy tokens after known-fact prompts and other people's facts
         "continuations_unchanged": specificity(before, greedy_tokens(model, tokenizer, controls)),
         "ppl_before": ppl_before, "ppl_after": perplexity(model, tokenizer, heldout, PPL_TOKENS),

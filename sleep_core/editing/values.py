@@ -112,8 +112,9 @@ def _run(adapter: ModelAdapter, g: _Group, layer: int, delta: torch.Tensor) -> t
     handles = [adapter.blocks[layer].register_forward_hook(add_delta)]
     handles += [b.register_forward_pre_hook(keep_call, with_kwargs=True) for b in adapter.blocks[layer + 1:]]
     try:
+        # without a prefix, no cache at all: one made by the model would keep growing with every replayed step
         return adapter.base_forward(g.suffix["input_ids"], g.suffix["attention_mask"], g.suffix["position_ids"],
-                                    g.cache)[0]
+                                    g.cache, use_cache=g.cache is not None)[0]
     finally:
         for handle in handles:
             handle.remove()

@@ -96,6 +96,13 @@ def knows(model, tokenizer, pairs: list[tuple[str, str]]) -> list[bool]:
     return [s.greedy for s in score_answers(model, tokenizer, [(p, " " + a) for p, a in pairs])]
 
 
+def mentions(model, tokenizer, pairs: list[tuple[str, str]], n: int = 8) -> list[bool]:
+    """The answer occurs in the first `n` greedy tokens after each prompt: the fact is still known, perhaps
+    worded differently ("... is located in the heart of Rome")."""
+    outs = generate(model, tokenizer, [p for p, _ in pairs], n, templated=False)
+    return [a.lower() in o.lower() for (_, a), o in zip(pairs, outs)]
+
+
 def greedy_tokens(model, tokenizer, prompts: list[str], n: int = 3, context: str = RAW_CONTEXT) -> list[str]:
     """The first `n` greedy tokens after each raw prompt: the fingerprint specificity compares."""
     return generate(model, tokenizer, [context + p for p in prompts], n, templated=False)

@@ -187,8 +187,14 @@ class Store:
                 raise
             self.db.execute("COMMIT")
 
+    def _rows(self, sql: str, args: tuple | list = ()) -> list[tuple]:
+        """A read under the lock: one shared connection sees other threads' open transactions, and a cursor
+        still being read while another thread writes fails with "table is locked"."""
+        with self._lock:
+            return self.db.execute(sql, args).fetchall()
+
     def _claim(self, fingerprint: str, layers: tuple[int, ...]) -> None:
-        meta = dict(self.db.execute("SELECT key, value FROM meta"))
+        meta = dict(self._rows("SELECT key, value FROM meta"))
         if not meta:
             with self.transaction():
                 self.db.executemany("INSERT INTO meta VALUES (?, ?)",
@@ -204,7 +210,7 @@ class Store:
 
     def _remove_orphans(self) -> None:
         """Factor files no committed row names: left by a kill between writing a file and its row."""
-        named = {row[0] for row in self.db.execute("SELECT edit_file FROM facts WHERE edit_file IS NOT NULL")}
+        named = {row[0] for row in self._rows("SELECT edit_file FROM facts WHERE edit_file IS NOT NULL")}
         for path in self.edits.iterdir():
             if path.name not in named:
                 path.unlink()
@@ -225,15 +231,15 @@ class Store:
         """In id order; `search` is literal text found in any field, case-folded (SQL LIKE folds ASCII only)."""
         sql, args = ("SELECT * FROM facts WHERE status = ?", [status]) if status else ("SELECT * FROM facts", [])
         needle = search.casefold()
-        records = [self._record(row) for row in self.db.execute(sql + " ORDER BY id", args)]
+        records = [self._record(row) for row in self._rows(sql + " ORDER BY id", args)]
         return [r for r in records
                 if any(needle in text.casefold() for text in (r.subject, r.relation, r.object, r.source_text))]
 
     def fact(self, fact_id: int) -> FactRecord:
-        row = self.db.execute("SELECT * FROM facts WHERE id = ?", (fact_id,)).fetchone()
-        if row is None:
+        rows = self._rows("SELECT * FROM facts WHERE id = ?", (fact_id,))
+        if not rows:
             raise StoreError(f"no fact with id {fact_id}")
-        return self._record(row)
+        return self._record(rows[0])
 
     def _record(self, row) -> FactRecord:
         (id_, subject, relation, obj, questions, source_text, source, created, status, pinned, recall) = row[:11]
@@ -284,7 +290,7 @@ class Store:
 
     def _scrub_reports(self, fact_ids: set[int]) -> None:
         """Sleep reports quote each audited fact; a forgotten fact's text leaves them too."""
-        for report_id, body in list(self.db.execute("SELECT id, body FROM reports")):
+        for report_id, body in self._rows("SELECT id, body FROM reports"):
             body = json.loads(body)
             rows = [row for row in body.get("facts", []) if row.get("id") not in fact_ids]
             if len(rows) != len(body.get("facts", [])):
@@ -303,7 +309,7 @@ class Store:
     def load_edits(self) -> tuple[dict[int, FactEdit], list[str]]:
         """Every committed edit whose file matches its checksum, and a problem line for each that does not."""
         edits, problems = {}, []
-        for fact_id, name, sha in self.db.execute(
+        for fact_id, name, sha in self._rows(
                 "SELECT id, edit_file, edit_sha256 FROM facts WHERE edit_file IS NOT NULL ORDER BY id"):
             path = self.edits / name
             if not path.exists() or _sha256(path) != sha:
@@ -314,8 +320,8 @@ class Store:
 
     # counters (drowsiness)
     def counter(self, name: str) -> int:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (f"counter.{name}",)).fetchone()
-        return int(row[0]) if row else 0
+        rows = self._rows("SELECT value FROM meta WHERE key = ?", (f"counter.{name}",))
+        return int(rows[0][0]) if rows else 0
 
     def bump(self, name: str, by: int = 1) -> None:
         with self.transaction():
@@ -332,7 +338,7 @@ class Store:
                                    (kind, started_at, json.dumps(body))).lastrowid
 
     def reports(self, limit: int = 20) -> list[tuple[int, str, str, dict]]:
-        rows = self.db.execute("SELECT id, kind, started_at, body FROM reports ORDER BY id DESC LIMIT ?", (limit,))
+        rows = self._rows("SELECT id, kind, started_at, body FROM reports ORDER BY id DESC LIMIT ?", (limit,))
         return [(i, k, s, json.loads(b)) for i, k, s, b in rows]
 
     def clear(self) -> None:
@@ -346,4 +352,5 @@ class Store:
         self._remove_orphans()
 
     def close(self) -> None:
-        self.db.close()
+        with self._lock:
+            self.db.close()

@@ -130,13 +130,13 @@ class ModelAdapter:
         return (torch.tanh(logits / cap) * cap if cap else logits).to(self.input_device())
 
     def base_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                     cache=None):
-        """The decoder without its LM head: (final-normed hidden states, key/value cache). With a `cache`,
-        `input_ids` continue it and `attention_mask` covers the cached positions too."""
+                     cache=None, use_cache: bool = True):
+        """The decoder without its LM head: (final-normed hidden states, key/value cache or None). With a
+        `cache`, `input_ids` continue it and `attention_mask` covers the cached positions too."""
         base = self.model.base_model
-        out = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
-                   **{self._cache_argument: cache})
-        return out.last_hidden_state, out["cache"] if "cache" in out else out["past_key_values"]
+        out = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=use_cache, **{self._cache_argument: cache})
+        return out.last_hidden_state, out.get("cache", out.get("past_key_values"))
 
     @functools.cached_property
     def _cache_argument(self) -> str:
