@@ -20,6 +20,13 @@ class MemoryConfig:
     ppl_tokens: int = 4096                       # held-out tokens for sleep's perplexity check
     ppl_tolerance: float = 0.01                  # a sleep may cost at most this relative perplexity
     consolidate: bool = True                     # sleep re-solves all facts jointly before refreshing
+    # sleep runs off the chat path, so a degraded fact's new target is pushed further than a wake edit's:
+    # a target that barely reaches p = 0.9 on the editing prompts often misses in other contexts
+    refresh_stop_prob: float = 0.98
+    refresh_step_factor: float = 1.6             # and may take this many times the wake's Adam steps
+    refresh_clamp: float = 1.0                   # |delta| <= this * |h| (wake: EditConfig.clamp_norm)
+    refresh_preserve: float = 10.0               # weight of the other facts' keys (wake: EditConfig.preserve_rel)
+    refresh_rounds: int = 2                      # facts a refresh tipped over are refreshed once more
     max_facts: int | None = None                 # after a sleep, the oldest unpinned facts beyond this are dropped
     edit: EditConfig = field(default_factory=EditConfig)
 
@@ -30,5 +37,8 @@ class MemoryConfig:
             raise ValueError(f"quantized_edits must be one of {QUANTIZED_EDITS}, not {self.quantized_edits!r}")
         if self.max_facts is not None and self.max_facts < 0:
             raise ValueError("max_facts must be at least 0 (or None for no cap)")
+        if not 0 < self.refresh_stop_prob < 1 or self.refresh_rounds < 1 or self.refresh_step_factor <= 0:
+            raise ValueError("refresh_stop_prob must lie in (0, 1), refresh_rounds be at least 1 and "
+                             "refresh_step_factor be positive")
         if self.drowsiness_threshold <= 0 or self.wake_capacity <= 0:
             raise ValueError("drowsiness_threshold and wake_capacity must be positive")

@@ -1,4 +1,5 @@
-"""`convergence`: from heavy interference (N facts injected unconstrained, no sleep), recall per sleep cycle."""
+"""`convergence`: from heavy interference (N facts injected unconstrained, no sleep, unless --wake-mode says
+otherwise), recall per sleep cycle."""
 import logging
 from pathlib import Path
 
@@ -16,9 +17,9 @@ def first_at(values: list[float], target: float) -> int | None:
 
 
 def convergence(model, tokenizer, facts, store: Path, cycles: int, target: float = 1.0,
-                edit: EditConfig | None = None, **config) -> dict:
+                edit: EditConfig | None = None, wake_mode: str = "unconstrained", **config) -> dict:
     """Sleep until raw recall reaches `target` or `cycles` sleeps ran; `config`: further MemoryConfig fields."""
-    memory = Memory.open(model, tokenizer, bench_config(store, "unconstrained", edit, **config))
+    memory = Memory.open(model, tokenizer, bench_config(store, wake_mode, edit, **config))
     try:
         memory.inject_now(facts)
         recall, seconds, sleeps = [audit(model, tokenizer, memory.active_records()).recall("raw")], [], []
@@ -31,14 +32,14 @@ def convergence(model, tokenizer, facts, store: Path, cycles: int, target: float
                                                           "ppl_before", "ppl_after", "refreshed")})
     finally:
         memory.close(restore_weights=True)
-    return {"benchmark": "convergence", "facts": len(facts), "target": target, "recall_per_cycle": recall,
-            "cycles_to_converge": first_at(recall, target), "sleep_seconds": seconds, "sleeps": sleeps}
+    return {"benchmark": "convergence", "facts": len(facts), "wake_mode": wake_mode, "target": target,
+            "recall_per_cycle": recall, "cycles_to_converge": first_at(recall, target), "sleep_seconds": seconds, "sleeps": sleeps}
 
 
 def plot(result: dict, target) -> None:
     recall = result["recall_per_cycle"]
     line_plot(target, {"raw recall": (list(range(len(recall))), recall)}, "sleep cycles", "raw recall",
-              f"Convergence from {result['facts']} unconstrained wake edits, {result['model']}")
+              f"Convergence from {result['facts']} {result['wake_mode']} wake edits, {result['model']}")
 
 
 def main(argv: list[str]) -> int:
@@ -46,9 +47,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--facts", type=int, default=30)
     p.add_argument("--cycles", type=int, default=6, help="at most this many sleeps (fewer once --target is reached)")
     p.add_argument("--target", type=float, default=1.0, help="raw recall that counts as converged")
+    p.add_argument("--wake-mode", default="unconstrained", choices=("unconstrained", "constrained", "seed"),
+                   help="how the facts are injected before the first sleep")
     args = p.parse_args(argv)
     store = setup(args)
     model, tokenizer = load_model(args.model)
-    result = convergence(model, tokenizer, seed_pool(args.facts, args.seed), store, args.cycles, args.target)
+    result = convergence(model, tokenizer, seed_pool(args.facts, args.seed), store, args.cycles, args.target,
+                         wake_mode=args.wake_mode)
     emit({**result, "model": model_name(model), "seed": args.seed, "peak_rss_mb": peak_rss_mb()}, args, plot)
     return 0

@@ -98,18 +98,18 @@ def _refresh_and_validate(memory, records, degraded, before: Audit, report: Slee
     report.timings["consolidate"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    if degraded:
-        progress(Progress("refresh", 0.4, f"refreshing {len(degraded)} degraded facts in place"))
-        for r in degraded:
-            ledger.remove(r.id)
-        ledger.rebuild()
-        cfg = replace(memory.config.edit, mode="constrained")
-        stored = {l: ledger.keys(l) for l in memory.adapter.layers}
-        for r, e in zip(degraded, compute_edits(memory.adapter, tok, [r.fact for r in degraded], cfg,
-                                                memory.priors(), stored)):
-            ledger.set(r.id, e)
-        ledger.rebuild()
-    report.refreshed = sorted(r.id for r in degraded)
+    refreshed: set[int] = set()
+    for round_ in range(memory.config.refresh_rounds):
+        if not degraded:
+            break
+        progress(Progress("refresh", 0.4 + 0.1 * round_, f"refreshing {len(degraded)} degraded facts in place"))
+        _refresh(memory, degraded)
+        refreshed |= {r.id for r in degraded}
+        if round_ + 1 < memory.config.refresh_rounds:
+            # a refresh may tip a barely healthy fact over; the next round repairs it under the same protection
+            recall = raw_recall(model, tok, [r.fact for r in records])
+            degraded = [r for r, ok in zip(records, recall) if not ok]
+    report.refreshed = sorted(refreshed)
     report.timings["refresh"] = time.perf_counter() - clock
 
     progress(Progress("validate", 0.7, "checking recall and perplexity"))
@@ -127,10 +127,28 @@ def _refresh_and_validate(memory, records, degraded, before: Audit, report: Slee
         report.reason = "rolled back: " + ("perplexity rose" if worse_ppl else "recall fell")
         return before
     progress(Progress("commit", 0.9, "saving the new edits"))
-    changed = ledger.snapshot() if report.consolidated else {r.id: ledger.columns[r.id] for r in degraded}
+    changed = ledger.snapshot() if report.consolidated else {i: ledger.columns[i] for i in refreshed}
     memory.commit_edits(changed, after)
     report.committed = True
     report.reason = ", ".join(part for part in (
         f"consolidated {len(records)} facts" if report.consolidated else "",
-        f"refreshed {len(degraded)} facts" if degraded else "") if part) or "nothing to change"
+        f"refreshed {len(refreshed)} facts" if refreshed else "") if part) or "nothing to change"
     return after
+
+
+def _refresh(memory, degraded) -> None:
+    """Revert each degraded fact and solve new columns for all of them with every other fact's keys protected;
+    off the chat path, so each new target is pushed further than a wake edit's (MemoryConfig.refresh_*)."""
+    ledger, config = memory.ledger, memory.config
+    for r in degraded:
+        ledger.remove(r.id)
+    ledger.rebuild()
+    cfg = replace(config.edit, mode="constrained", v_stop_prob=max(config.edit.v_stop_prob, config.refresh_stop_prob),
+                  v_steps=round(config.edit.v_steps * config.refresh_step_factor),
+                  clamp_norm=max(config.edit.clamp_norm, config.refresh_clamp),
+                  preserve_rel=max(config.edit.preserve_rel, config.refresh_preserve))
+    stored = {l: ledger.keys(l) for l in memory.adapter.layers}
+    for r, e in zip(degraded, compute_edits(memory.adapter, memory.tokenizer, [r.fact for r in degraded], cfg,
+                                            memory.priors(), stored)):
+        ledger.set(r.id, e)
+    ledger.rebuild()
