@@ -37,6 +37,7 @@ def test_convergence(make_tiny, tokenizer, tmp_path):
     recall, when = result["recall_per_cycle"], result["cycles_to_converge"]
     assert all(fraction(r) for r in recall) and 1 <= len(recall) <= 2
     assert len(result["sleep_seconds"]) == len(recall) - 1 and all(s > 0 for s in result["sleep_seconds"])
+    assert len(result["specificity_per_cycle"]) == len(recall) and all(map(fraction, result["specificity_per_cycle"]))
     if when is None:
         assert max(recall) < 1.0 and len(recall) == 2
     else:

@@ -6,7 +6,8 @@ from pathlib import Path
 from ..cycle.audit import audit
 from ..editing.hparams import EditConfig
 from ..facade import Memory
-from .common import bench_config, emit, line_plot, load_model, model_name, parser, peak_rss_mb, seed_pool, setup
+from .common import (bench_config, emit, known_to, line_plot, load_model, model_name, parser, peak_rss_mb, seed_pool,
+                     setup, still_known)
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +20,12 @@ def first_at(values: list[float], target: float) -> int | None:
 def convergence(model, tokenizer, facts, store: Path, cycles: int, target: float = 1.0,
                 edit: EditConfig | None = None, wake_mode: str = "unconstrained", **config) -> dict:
     """Sleep until raw recall reaches `target` or `cycles` sleeps ran; `config`: further MemoryConfig fields."""
+    known = known_to(model, tokenizer)
     memory = Memory.open(model, tokenizer, bench_config(store, wake_mode, edit, **config))
     try:
         memory.inject_now(facts)
         recall, seconds, sleeps = [audit(model, tokenizer, memory.active_records()).recall("raw")], [], []
+        kept = [still_known(model, tokenizer, known)]
         log.info("after %d wake edits: raw recall %.3f", len(facts), recall[0])
         while len(seconds) < cycles and recall[-1] < target:
             report = memory.sleep()
@@ -30,10 +33,12 @@ def convergence(model, tokenizer, facts, store: Path, cycles: int, target: float
             seconds.append(report.seconds)
             sleeps.append({k: getattr(report, k) for k in ("committed", "reason", "chat_recall_after",
                                                           "ppl_before", "ppl_after", "refreshed")})
+            kept.append(still_known(model, tokenizer, known))
     finally:
         memory.close(restore_weights=True)
     return {"benchmark": "convergence", "facts": len(facts), "wake_mode": wake_mode, "target": target,
-            "recall_per_cycle": recall, "cycles_to_converge": first_at(recall, target), "sleep_seconds": seconds, "sleeps": sleeps}
+            "recall_per_cycle": recall, "cycles_to_converge": first_at(recall, target), "sleep_seconds": seconds,
+            "known_facts": len(known), "specificity_per_cycle": kept, "sleeps": sleeps}
 
 
 def plot(result: dict, target) -> None:
