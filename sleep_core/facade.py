@@ -17,7 +17,7 @@ from .editing.solve import LayerPrior, make_prior
 from .extract import Candidate, Rejection, extract, names_from
 from .memory.facts import Fact, FactEdit
 from .memory.ledger import WeightLedger
-from .memory.store import FactRecord, Store, export_document, now, read_document
+from .memory.store import FactRecord, Store, StoreError, export_document, now, read_document
 from .model.backend import adapter_for, hf_tokenizer
 from .paths import covariance_dir
 
@@ -60,6 +60,9 @@ class Memory:
         model or an mlx-lm one (with the tokenizer mlx_lm.load returned)."""
         existing = getattr(model, "_sleeping_llm_memory", None)
         if existing is not None:
+            if config is not None and existing.config.store_dir != config.store_dir:
+                raise StoreError(f"This model object already has a memory open at {existing.config.store_dir}; "
+                                 f"close it before opening {config.store_dir} (its edits are in the weights).")
             return existing
         memory = cls(model, tokenizer, config or MemoryConfig(), weight_lock)
         model._sleeping_llm_memory = memory

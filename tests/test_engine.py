@@ -3,7 +3,8 @@ another model's store is refused, unknown architectures get a clear error."""
 import pytest
 import torch
 
-from sleep_core import EditConfig, Fact, Memory, MemoryConfig, UnsupportedModelError, WrongModelError
+from sleep_core import (EditConfig, Fact, Memory, MemoryConfig, StoreError, UnsupportedModelError,
+                        WrongModelError)
 from sleep_core.editing import make_prior, solve
 from sleep_core.model import ModelAdapter
 
@@ -118,6 +119,18 @@ def test_store_of_another_model_is_refused(make_tiny, tokenizer, store_dir):
     adapter = ModelAdapter(other)
     with pytest.raises(WrongModelError, match="belongs to model"):
         Store(folder, adapter.fingerprint(), adapter.layers)
+
+
+def test_a_second_store_for_an_edited_model_object_is_refused(tiny_llama, tokenizer, tmp_path):
+    """One Memory per model object: its edits are in the weights, so another store must not take them as pristine."""
+    first = Memory.open(tiny_llama, tokenizer, MemoryConfig(store_dir=tmp_path / "a"))
+    assert Memory.open(tiny_llama, tokenizer, MemoryConfig(store_dir=tmp_path / "a")) is first
+    with pytest.raises(StoreError, match="already has a memory open"):
+        Memory.open(tiny_llama, tokenizer, MemoryConfig(store_dir=tmp_path / "b"))
+    first.close()
+    second = Memory.open(tiny_llama, tokenizer, MemoryConfig(store_dir=tmp_path / "b"))
+    assert second is not first and second.store.folder.parent == tmp_path / "b"
+    second.close()
 
 
 def test_corrupt_edit_file_is_never_applied(make_tiny, tokenizer, store_dir):
