@@ -25,7 +25,6 @@ class MemoryConfig:
     refresh_stop_prob: float = 0.98
     refresh_step_factor: float = 1.6             # and may take this many times the wake's Adam steps
     refresh_clamp: float = 1.0                   # |delta| <= this * |h| (wake: EditConfig.clamp_norm)
-    refresh_preserve: float = 10.0               # weight of the other facts' keys (wake: EditConfig.preserve_rel)
     refresh_rounds: int = 2                      # facts a refresh tipped over are refreshed once more
     max_facts: int | None = None                 # after a sleep, the oldest unpinned facts beyond this are dropped
     edit: EditConfig = field(default_factory=EditConfig)

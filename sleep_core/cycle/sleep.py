@@ -145,8 +145,7 @@ def _refresh(memory, degraded) -> None:
     ledger.rebuild()
     cfg = replace(config.edit, mode="constrained", v_stop_prob=max(config.edit.v_stop_prob, config.refresh_stop_prob),
                   v_steps=round(config.edit.v_steps * config.refresh_step_factor),
-                  clamp_norm=max(config.edit.clamp_norm, config.refresh_clamp),
-                  preserve_rel=max(config.edit.preserve_rel, config.refresh_preserve))
+                  clamp_norm=max(config.edit.clamp_norm, config.refresh_clamp))
     stored = {l: ledger.keys(l) for l in memory.adapter.layers}
     for r, e in zip(degraded, compute_edits(memory.adapter, memory.tokenizer, [r.fact for r in degraded], cfg,
                                             memory.priors(), stored)):
