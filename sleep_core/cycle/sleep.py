@@ -84,12 +84,13 @@ def _refresh_and_validate(memory, records, degraded, before: Audit, report: Slee
                           progress: Callable[[Progress], None]) -> Audit:
     """Consolidate, refresh the facts still degraded in place, re-measure, then commit or roll back exactly."""
     model, tok, ledger = memory.adapter.model, memory.tokenizer, memory.ledger
+    facts = [r.fact for r in records]
     snapshot = ledger.snapshot()
     clock = time.perf_counter()
     if memory.config.consolidate and len(records) > 1:
         progress(Progress("consolidate", 0.2, f"re-solving {len(records)} facts jointly"))
         ledger.restore(consolidate(snapshot, memory.priors(), memory.config.edit))
-        recall = dict(zip([r.id for r in records], raw_recall(model, tok, [r.fact for r in records])))
+        recall = dict(zip([r.id for r in records], raw_recall(model, tok, facts)))
         if sum(recall.values()) >= sum(before.raw.values()):
             report.consolidated = True
             degraded = [r for r in degraded if not recall[r.id]]
@@ -107,8 +108,7 @@ def _refresh_and_validate(memory, records, degraded, before: Audit, report: Slee
         refreshed |= {r.id for r in degraded}
         if round_ + 1 < memory.config.refresh_rounds:
             # a refresh may tip a barely healthy fact over; the next round repairs it under the same protection
-            recall = raw_recall(model, tok, [r.fact for r in records])
-            degraded = [r for r, ok in zip(records, recall) if not ok]
+            degraded = [r for r, ok in zip(records, raw_recall(model, tok, facts)) if not ok]
     report.refreshed = sorted(refreshed)
     report.timings["refresh"] = time.perf_counter() - clock
 

@@ -50,34 +50,50 @@ def suffix_groups(batch: PromptBatch) -> list[torch.Tensor]:
     return out
 
 
-def _prepare(adapter: ModelAdapter, batch: PromptBatch, rows: torch.Tensor) -> _Group:
-    """Split each row at its subject token: run the prefixes once (left-padded, so that every suffix starts
-    at the same cache position) and keep their cache; the suffixes are what each step runs."""
+@dataclass
+class Split:
+    """A group's prompts cut at their subject tokens, and where the losses read them (suffix-local)."""
+    start: torch.Tensor        # (B,) each row's subject position: the length of its prefix
+    prefix: torch.Tensor       # (B, L) the tokens before the subject, left-padded with 0
+    suffix: torch.Tensor       # (B, S) the subject token on, right-padded with 0
+    answer: torch.Tensor       # (A, 2) local (row, suffix position) whose output predicts an object token
+    tokens: torch.Tensor       # (A,) the object token predicted there
+    kl: torch.Tensor           # (k, 2) local (row, suffix position) of the last token of KL prompts
+
+
+def split_at_subject(batch: PromptBatch, rows: torch.Tensor) -> Split:
+    """Left-padded prefixes (so every suffix starts at the same cache position) and right-padded suffixes."""
     start, length = batch.subject_pos[rows], batch.attention_mask[rows].sum(1)
-    L, S, B = int(start.max()), int((length - start).max()), len(rows)
-    ids = {name: torch.zeros(B, width, dtype=torch.long) for name, width in
-           (("pre", L), ("pre_mask", L), ("pre_pos", L), ("suf", S), ("suf_mask", S))}
+    L, S = int(start.max()), int((length - start).max())
+    prefix, suffix = torch.zeros(len(rows), L, dtype=torch.long), torch.zeros(len(rows), S, dtype=torch.long)
     for j, (row, s, n) in enumerate(zip(rows.tolist(), start.tolist(), length.tolist())):
-        ids["pre"][j, L - s:] = batch.input_ids[row, :s]
-        ids["pre_mask"][j, L - s:] = 1
-        ids["pre_pos"][j, L - s:] = torch.arange(s)
-        ids["suf"][j, : n - s] = batch.input_ids[row, s:n]
-        ids["suf_mask"][j, : n - s] = 1
+        prefix[j, L - s:] = batch.input_ids[row, :s]
+        suffix[j, : n - s] = batch.input_ids[row, s:n]
+    answer = batch.answer_mask[rows][:, 1:].nonzero()
+    tokens = batch.input_ids[rows[answer[:, 0]], answer[:, 1] + 1]
+    kl_rows = (~batch.rewrite[rows]).nonzero().squeeze(1)
+    kl = torch.stack([kl_rows, batch.last_pos[rows][kl_rows]], 1)
+    local = lambda at: torch.stack([at[:, 0], at[:, 1] - start[at[:, 0]]], 1)   # noqa: E731
+    return Split(start, prefix, suffix, local(answer), tokens, local(kl))
+
+
+def _prepare(adapter: ModelAdapter, batch: PromptBatch, rows: torch.Tensor) -> _Group:
+    """Run each row's prefix once and keep the model's cache; the suffixes are what each step runs."""
+    cut = split_at_subject(batch, rows)
+    (B, L), S = cut.prefix.shape, cut.suffix.shape[1]
+    pre_mask = torch.arange(L) >= (L - cut.start).unsqueeze(1)
+    suf_mask = torch.arange(S) < (batch.attention_mask[rows].sum(1) - cut.start).unsqueeze(1)
     device = adapter.input_device()
     cache, prefix = None, []
     if L > 0:
+        pre_pos = (torch.arange(L) - (L - cut.start).unsqueeze(1)).clamp(min=0) * pre_mask
         with torch.no_grad():
-            cache = adapter.base_forward(ids["pre"].to(device), ids["pre_mask"].to(device),
-                                         ids["pre_pos"].to(device))[1]
+            cache = adapter.base_forward(cut.prefix.to(device), pre_mask.long().to(device), pre_pos.to(device))[1]
         prefix = [(layer.keys, layer.values) for layer in cache.layers]
-    suffix = {"input_ids": ids["suf"].to(device), "position_ids": (start.unsqueeze(1) + torch.arange(S)).to(device),
-              "attention_mask": torch.cat([ids["pre_mask"], ids["suf_mask"]], 1).to(device)}
-    answer = batch.answer_mask[rows][:, 1:].nonzero()
-    tokens = batch.input_ids[rows[answer[:, 0]], answer[:, 1] + 1]
-    kl_local = (~batch.rewrite[rows]).nonzero().squeeze(1)
-    kl = torch.stack([kl_local, batch.last_pos[rows][kl_local]], 1)
-    local = lambda at: torch.stack([at[:, 0], at[:, 1] - start[at[:, 0]]], 1)   # noqa: E731
-    return _Group(rows, suffix, cache, prefix, local(answer), tokens, local(kl))
+    suffix = {"input_ids": cut.suffix.to(device),
+              "position_ids": (cut.start.unsqueeze(1) + torch.arange(S)).to(device),
+              "attention_mask": torch.cat([pre_mask, suf_mask], 1).long().to(device)}
+    return _Group(rows, suffix, cache, prefix, cut.answer, cut.tokens, cut.kl)
 
 
 def _with_delta(h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

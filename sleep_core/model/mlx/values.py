@@ -19,7 +19,7 @@ from mlx_lm.models.cache import BatchKVCache
 
 from ...editing.hparams import EditConfig
 from ...editing.prompts import PromptBatch
-from ...editing.values import Targets, suffix_groups
+from ...editing.values import Targets, split_at_subject, suffix_groups
 from .capture import capture
 from .convert import to_mx, to_torch
 
@@ -51,24 +51,13 @@ class _Group:
     kl_fact: mx.array           # (n, k) 1 where a KL prompt belongs to the fact
 
 
-def _split(batch: PromptBatch, rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's prefix, left-padded, and its suffix from the subject token on, right-padded."""
-    start, length = batch.subject_pos[rows], batch.attention_mask[rows].sum(1)
-    L, S = int(start.max()), int((length - start).max())
-    prefix, suffix = np.zeros((len(rows), L), dtype=np.int64), np.zeros((len(rows), S), dtype=np.int64)
-    for j, (row, s, n) in enumerate(zip(rows.tolist(), start.tolist(), length.tolist())):
-        prefix[j, L - s:] = batch.input_ids[row, :s].numpy()
-        suffix[j, : n - s] = batch.input_ids[row, s:n].numpy()
-    return prefix, suffix
-
-
 def _prepare(adapter: MlxAdapter, batch: PromptBatch, rows: torch.Tensor, layer: int, weights: torch.Tensor
              ) -> _Group:
     """Run the prefixes (all blocks, for their caches) and the suffixes up to `layer` once; `weights`: each
     answer token's share of its fact's NLL, per batch row."""
-    prefix, suffix = _split(batch, rows)
+    cut = split_at_subject(batch, rows)
+    prefix, suffix, start = cut.prefix.numpy(), cut.suffix.numpy(), cut.start
     L, S = prefix.shape[1], suffix.shape[1]
-    start = batch.subject_pos[rows]
     caches, upper = None, [None] * (len(adapter.blocks) - layer - 1)
     mask: mx.array | str = "causal"
     if L > 0:
@@ -82,18 +71,13 @@ def _prepare(adapter: MlxAdapter, batch: PromptBatch, rows: torch.Tensor, layer:
     h = seen["h"]
     mx.eval(h, [(c.keys, c.values) for c in upper if c is not None])
 
-    answer = batch.answer_mask[rows][:, 1:].nonzero()
-    tokens = batch.input_ids[rows[answer[:, 0]], answer[:, 1] + 1]
-    kl_rows = (~batch.rewrite[rows]).nonzero().squeeze(1)
-    kl = torch.stack([kl_rows, batch.last_pos[rows][kl_rows]], 1)
-    local = lambda at: to_mx(torch.stack([at[:, 0], at[:, 1] - start[at[:, 0]]], 1))   # noqa: E731
-    fact = batch.fact[rows]
-    nll_weight = torch.zeros(batch.n_facts, len(answer))
-    nll_weight[fact[answer[:, 0]], torch.arange(len(answer))] = weights[rows[answer[:, 0]]]
-    kl_fact = torch.zeros(batch.n_facts, len(kl))
-    kl_fact[fact[kl_rows], torch.arange(len(kl))] = 1.0
-    return _Group(rows, to_mx(fact), h, upper, mask, local(answer), to_mx(tokens), local(kl), to_mx(nll_weight),
-                  to_mx(kl_fact))
+    fact, answer_rows, kl_rows = batch.fact[rows], cut.answer[:, 0], cut.kl[:, 0]
+    nll_weight = torch.zeros(batch.n_facts, len(answer_rows))
+    nll_weight[fact[answer_rows], torch.arange(len(answer_rows))] = weights[rows[answer_rows]]
+    kl_fact = torch.zeros(batch.n_facts, len(kl_rows))
+    kl_fact[fact[kl_rows], torch.arange(len(kl_rows))] = 1.0
+    return _Group(rows, to_mx(fact), h, upper, mask, to_mx(cut.answer), to_mx(cut.tokens), to_mx(cut.kl),
+                  to_mx(nll_weight), to_mx(kl_fact))
 
 
 def _run(adapter: MlxAdapter, g: _Group, layer: int, delta: mx.array) -> mx.array:
