@@ -109,30 +109,42 @@ class Memory:
         return fact_id
 
     def inject(self, fact_id: int) -> FactEdit | None:
-        """Write one stored fact into the weights, superseding older values of the same subject and relation."""
+        """Write one stored fact into the weights, superseding older values of the same subject and relation.
+
+        The other facts about its subject are re-solved with it: they share its key, so their values are written
+        together (see editing/prompts.py, shared_targets)."""
         with self._busy:
             record = self.store.fact(fact_id)
             if record.status != "pending":
                 return None
-            same = [r for r in self.active_records() if r.fact.key == record.fact.key]
+            active = self.active_records()
+            same = [r for r in active if r.fact.key == record.fact.key]
             if any(r.object.lower() == record.object.lower() for r in same):
                 self.store.drop_edits([fact_id], delete=True)    # a duplicate is not injected twice
                 return None
+            kin = [r for r in active if r.fact.subject_key == record.fact.subject_key and r not in same]
+            kin = kin if self.config.edit.mode != "seed" else []
             priors = self.priors()
             with self.weight_lock():
-                for old in same:
+                snapshot = self.ledger.snapshot()
+                for old in same + kin:
                     self.ledger.remove(old.id)
                 try:
+                    self.ledger.rebuild()     # the targets are measured without the values being replaced
                     stored = {l: self.ledger.keys(l) for l in self.adapter.layers}
-                    edit = compute_edits(self.adapter, self.tokenizer, [record.fact], self.config.edit,
-                                         priors, stored)[0]
-                    self.ledger.set(fact_id, edit)
-                finally:
-                    self.ledger.rebuild()
+                    edits = dict(zip([r.id for r in kin] + [fact_id], compute_edits(
+                        self.adapter, self.tokenizer, [r.fact for r in kin] + [record.fact], self.config.edit,
+                        priors, stored)))
+                except BaseException:
+                    self.ledger.restore(snapshot)     # nothing written: the old facts stay as they were
+                    raise
+                for i, edit in edits.items():
+                    self.ledger.set(i, edit)
+                self.ledger.rebuild()
             self.store.drop_edits([old.id for old in same], status="superseded")
-            self.store.save_edits({fact_id: edit})
+            self.store.save_edits(edits)
             self.store.bump("wake_edits")
-            return edit
+            return edits[fact_id]
 
     def _inject_queued(self, fact_id: int) -> None:
         """The worker's step: while the host's lock times out (the model is busy), the fact stays queued."""

@@ -54,6 +54,40 @@ def test_factors_have_rank_of_batch(tiny_llama, tokenizer, store_dir):
     memory.close()
 
 
+SON = [Fact("my son", "'s name is", "Andre", ("What is my son's name?",)),
+       Fact("My  Son", "is aged", "6", ("How old is my son?",))]
+
+
+def test_facts_about_one_subject_share_one_target(tokenizer):
+    from sleep_core.editing.prompts import build_batch
+    batch = build_batch(tokenizer, [SON[0], FACTS[0], SON[1]], EditConfig())
+    assert batch.fact_target.tolist() == [0, 1, 0] and batch.n_targets == 2
+    assert int((~batch.rewrite).sum()) == 2                 # one KL prompt per subject
+    seed = build_batch(tokenizer, [SON[0], FACTS[0], SON[1]], EditConfig(mode="seed"))
+    assert seed.fact_target.tolist() == [0, 1, 2]           # the reference gave every fact its own
+
+
+def test_a_fact_about_a_known_subject_re_solves_its_kin(tiny_llama, tokenizer, store_dir, monkeypatch):
+    memory = Memory.open(tiny_llama, tokenizer, _config(store_dir))
+    name, other = memory.inject_now([SON[0], FACTS[0]])
+    columns = {i: memory.ledger.columns[i] for i in (name, other)}
+    age = memory.inject_now([SON[1]])[0]
+    assert memory.ledger.columns[other] is columns[other]                 # another subject: untouched
+    assert memory.ledger.columns[name] is not columns[name]               # same subject: solved again with it
+    assert torch.equal(memory.ledger.columns[name].delta, memory.ledger.columns[age].delta)
+    assert {r.id for r in memory.active_records()} == {name, other, age}
+
+    def broken(*args, **kwargs):
+        raise FloatingPointError("the solve produced non-finite factors; nothing was written")
+    weights, before = _weights(memory), memory.ledger.snapshot()
+    monkeypatch.setattr("sleep_core.facade.compute_edits", broken)
+    with pytest.raises(FloatingPointError):
+        memory.inject_now([Fact("my son", "loves", "drawing", ("What does my son love?",))])
+    assert memory.ledger.snapshot() == before                           # its kin were not lost
+    assert all(torch.equal(weights[l], memory.adapter.read_weight(l)) for l in weights)
+    memory.close()
+
+
 def _spectrum(d: int = 16, used: int = 12):
     """A second moment whose general text uses `used` directions; the rest is a near-null space."""
     torch.manual_seed(0)

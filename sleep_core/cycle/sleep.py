@@ -104,8 +104,7 @@ def _refresh_and_validate(memory, records, degraded, before: Audit, report: Slee
         if not degraded:
             break
         progress(Progress("refresh", 0.4 + 0.1 * round_, f"refreshing {len(degraded)} degraded facts in place"))
-        _refresh(memory, degraded)
-        refreshed |= {r.id for r in degraded}
+        refreshed |= {r.id for r in _refresh(memory, records, degraded)}
         if round_ + 1 < memory.config.refresh_rounds:
             # a refresh may tip a barely healthy fact over; the next round repairs it under the same protection
             degraded = [r for r, ok in zip(records, raw_recall(model, tok, facts)) if not ok]
@@ -136,10 +135,13 @@ def _refresh_and_validate(memory, records, degraded, before: Audit, report: Slee
     return after
 
 
-def _refresh(memory, degraded) -> None:
-    """Revert each degraded fact and solve new columns for all of them with every other fact's keys protected;
-    off the chat path, so each new target is pushed further than a wake edit's (MemoryConfig.refresh_*)."""
+def _refresh(memory, records, degraded) -> list:
+    """Revert each degraded fact, with the facts that share its subject (and so its key), and solve new columns
+    for all of them with every other fact's keys protected; off the chat path, so each new target is pushed
+    further than a wake edit's (MemoryConfig.refresh_*). Returns the facts re-solved."""
     ledger, config = memory.ledger, memory.config
+    subjects = {r.fact.subject_key for r in degraded}
+    degraded = [r for r in records if r.fact.subject_key in subjects]
     for r in degraded:
         ledger.remove(r.id)
     ledger.rebuild()
@@ -151,3 +153,4 @@ def _refresh(memory, degraded) -> None:
                                             memory.priors(), stored)):
         ledger.set(r.id, e)
     ledger.rebuild()
+    return degraded

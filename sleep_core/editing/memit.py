@@ -19,7 +19,7 @@ def compute_edits(adapter: Adapter, tokenizer, facts: list[Fact], cfg: EditConfi
     layers = adapter.layers
     batch = build_batch(tokenizer, facts, cfg)
     targets = adapter.optimize_targets(batch, layers[-1], cfg)
-    goal = targets.h0 + targets.delta[batch.fact]                  # (P, d) z per prompt
+    goal = targets.h0 + targets.delta[batch.target]                # (P, d) z per prompt
     a, b, k = {}, {}, {}
     for i, layer in enumerate(layers):
         keys, h = adapter.measure(batch, layer, layers[-1])
@@ -29,5 +29,5 @@ def compute_edits(adapter: Adapter, tokenizer, facts: list[Fact], cfg: EditConfi
         adapter.add_update(layer, A, B)
         a[layer], b[layer], k[layer] = A, B, K
     return [FactEdit({l: a[l][:, j] for l in layers}, {l: b[l][:, j] for l in layers},
-                     {l: k[l][:, j] for l in layers}, targets.delta[j], float(targets.prob[j]))
-            for j in range(len(facts))]
+                     {l: k[l][:, j] for l in layers}, targets.delta[t], float(targets.prob[j]))
+            for j, t in enumerate(batch.fact_target.tolist())]

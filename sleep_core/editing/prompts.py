@@ -35,6 +35,16 @@ class PromptBatch:
     rewrite: torch.Tensor          # (P,) bool
     answer_mask: torch.Tensor      # (P, T) True where the token is part of the object
     n_facts: int
+    fact_target: torch.Tensor      # (n,) each fact's target delta: facts about one subject share one
+
+    @property
+    def target(self) -> torch.Tensor:
+        """(P,) the target delta of each prompt's fact."""
+        return self.fact_target[self.fact]
+
+    @property
+    def n_targets(self) -> int:
+        return int(self.fact_target.max()) + 1
 
     def model_inputs(self, device) -> dict:
         return {"input_ids": self.input_ids.to(device), "attention_mask": self.attention_mask.to(device)}
@@ -72,8 +82,18 @@ def _subject_end(text: str, subject: str, before: int) -> int:
     raise ValueError(f"subject {subject!r} does not occur in prompt {text!r}")
 
 
+def shared_targets(facts: list[Fact], cfg: EditConfig) -> list[int]:
+    """Each fact's target index. Facts about one subject ("my son's name", "my son is aged") read their key at
+    the same token after the same words, so no two values can be written there: one target carries them all
+    (ROME's view of a subject's value vector). The reference gave every fact its own; seed mode keeps that."""
+    if cfg.seed:
+        return list(range(len(facts)))
+    first: dict[str, int] = {}
+    return [first.setdefault(f.subject_key, len(first)) for f in facts]
+
+
 def _segments(tokenizer, facts: list[Fact], cfg: EditConfig, with_kl: bool) -> list[Segment]:
-    out = []
+    out, targets = [], shared_targets(facts, cfg)
     for i, fact in enumerate(facts):
         for prefix in cfg.prefixes:
             prompt = prefix + fact.prompt
@@ -84,7 +104,7 @@ def _segments(tokenizer, facts: list[Fact], cfg: EditConfig, with_kl: bool) -> l
                 prompt = chat_prompt(tokenizer, question)
                 out.append(Segment(prompt + fact.object, i, _subject_end(prompt, fact.subject, len(prompt)),
                                    len(prompt), True, templated=True))
-        if with_kl:
+        if with_kl and targets.index(targets[i]) == i:     # one KL prompt per subject
             prompt = f"{fact.subject} is a"
             out.append(Segment(prompt, i, len(fact.subject), len(prompt), False))
     return out
@@ -115,4 +135,4 @@ def build_batch(tokenizer, facts: list[Fact], cfg: EditConfig, with_kl: bool = T
         subject_pos = last_pos
     return PromptBatch(ids, mask, torch.tensor(subject_pos), torch.tensor(last_pos),
                        torch.tensor([s.fact for s in segs]), torch.tensor([s.rewrite for s in segs]),
-                       answer, len(facts))
+                       answer, len(facts), torch.tensor(shared_targets(facts, cfg)))

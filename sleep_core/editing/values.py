@@ -20,9 +20,9 @@ from .prompts import PromptBatch, similar
 
 @dataclass
 class Targets:
-    delta: torch.Tensor        # (n, d) residual change at the target layer, per fact
+    delta: torch.Tensor        # (t, d) residual change at the target layer, per target (batch.fact_target)
     h0: torch.Tensor           # (P, d) residual at the subject token before the edit
-    prob: torch.Tensor         # (n,) object probability per token reached
+    prob: torch.Tensor         # (n,) object probability per token reached, per fact
     steps: int
 
 
@@ -136,6 +136,11 @@ def _run(adapter: ModelAdapter, g: _Group, layer: int, delta: torch.Tensor) -> t
             handle.remove()
 
 
+def targets_done(prob: torch.Tensor, batch: PromptBatch, stop: float) -> torch.Tensor:
+    """(t,) the targets whose every fact's object probability `prob` (n,) has reached `stop`."""
+    return torch.ones(batch.n_targets).scatter_reduce(0, batch.fact_target, prob, "amin") >= stop
+
+
 @contextmanager
 def frozen(model) -> Iterator[None]:
     """Only the delta needs gradients: weight gradients would cost more than the forward pass itself."""
@@ -150,26 +155,27 @@ def frozen(model) -> Iterator[None]:
 
 
 def optimize_targets(adapter: ModelAdapter, batch: PromptBatch, layer: int, cfg: EditConfig) -> Targets:
-    """Adam on one delta per fact, added at its subject token in every prompt after `layer`."""
+    """Adam on one delta per target (see `shared_targets`), added at its subject token in every prompt after
+    `layer`; `Targets.delta` has one row per target, `Targets.prob` one per fact."""
     with frozen(adapter.model):
         return _optimize(adapter, batch, layer, cfg)
 
 
 def _optimize(adapter: ModelAdapter, batch: PromptBatch, layer: int, cfg: EditConfig) -> Targets:
     groups = [_prepare(adapter, batch, rows) for rows in suffix_groups(batch)]
-    n, P = batch.n_facts, len(batch.fact)
+    n, t, P = batch.n_facts, batch.n_targets, len(batch.fact)
     answers_per_row = torch.bincount(torch.cat([g.rows[g.answer[:, 0]] for g in groups]), minlength=P).clamp(min=1)
     rewrites_per_fact = torch.bincount(batch.fact[batch.rewrite], minlength=n).clamp(min=1)
     h0 = torch.zeros(P, adapter.d_model)
     log_p0: dict[int, torch.Tensor] = {}       # unedited next-token log-probabilities of each group's KL prompts
 
-    delta = torch.zeros(n, adapter.d_model, requires_grad=True)
+    delta = torch.zeros(t, adapter.d_model, requires_grad=True)
     opt, h_norm = None, None
-    done = torch.zeros(n, dtype=torch.bool)
+    done = torch.zeros(t, dtype=torch.bool)
     for step in range(1, cfg.v_steps + 1):
         nll_row, kl = torch.zeros(P), torch.zeros(n)
         for i, g in enumerate(groups):
-            out = _run(adapter, g, layer, delta[batch.fact[g.rows]])
+            out = _run(adapter, g, layer, delta[batch.target[g.rows]])
             logp = F.log_softmax(adapter.head(out[g.answer[:, 0], g.answer[:, 1]]).float(), -1).cpu()
             nll_tok = -logp.gather(1, g.tokens.unsqueeze(1)).squeeze(1)
             nll_row = nll_row.index_add(0, g.rows[g.answer[:, 0]], nll_tok)
@@ -182,14 +188,15 @@ def _optimize(adapter: ModelAdapter, batch: PromptBatch, layer: int, cfg: EditCo
             if step == 1:
                 h0[g.rows] = g.h[:, 0].float().cpu()
         if step == 1:   # the step size and the clamp scale with the residual norm of the model at hand
-            h_norm = torch.zeros(n).scatter_reduce(0, batch.fact, h0.norm(dim=1), "amax", include_self=False)
+            h_norm = torch.zeros(t).scatter_reduce(0, batch.target, h0.norm(dim=1), "amax", include_self=False)
             opt = torch.optim.Adam([delta], lr=cfg.v_step * h_norm.mean().item() / math.sqrt(adapter.d_model))
         nll = torch.zeros(n).index_add(0, batch.fact, (nll_row / answers_per_row) * batch.rewrite) / rewrites_per_fact
         prob = torch.exp(-nll.detach())
-        done |= prob >= cfg.v_stop_prob
+        done |= targets_done(prob, batch, cfg.v_stop_prob)
         if done.all() or step == cfg.v_steps:
             break
-        loss = nll + cfg.kl_factor * kl + cfg.v_weight_decay * delta.norm(dim=1) ** 2 / h_norm ** 2
+        loss = (torch.zeros(t).index_add(0, batch.fact_target, nll + cfg.kl_factor * kl)
+                + cfg.v_weight_decay * delta.norm(dim=1) ** 2 / h_norm ** 2)
         opt.zero_grad()
         (loss * ~done).sum().backward()
         before = delta.detach().clone()

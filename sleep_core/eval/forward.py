@@ -1,6 +1,9 @@
 """What the probes read from a model, torch or MLX: next-token scores and greedy continuations."""
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..model.backend import is_mlx
 
@@ -20,13 +23,27 @@ def next_token_scores(model, ids: torch.Tensor, mask: torch.Tensor | None = None
     return logp.cpu(), logits.argmax(-1).cpu()
 
 
+Done = Callable[[torch.Tensor], torch.Tensor]    # new tokens so far (B, t) -> (B,) rows that may stop
+
+
+class _StopWhen(StoppingCriteria):
+    def __init__(self, done: Done, prompt_length: int):
+        self.done, self.prompt_length = done, prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return self.done(input_ids[:, self.prompt_length:].cpu()).to(input_ids.device)
+
+
 @torch.no_grad()
-def continuations(model, tokenizer, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-    """Greedy new tokens after left-padded prompts, the pad token after each row's end of sequence."""
+def continuations(model, tokenizer, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
+                  done: Done | None = None) -> torch.Tensor:
+    """Greedy new tokens after left-padded prompts, the pad token after each row's end of sequence or once
+    `done` says the row has said enough."""
     if is_mlx(model):
         from ..model.mlx.probes import greedy
-        return greedy(model, ids, mask, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        return greedy(model, ids, mask, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, done)
     device = model.get_input_embeddings().weight.device
+    stop = StoppingCriteriaList([_StopWhen(done, ids.shape[1])] if done else [])
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                         do_sample=False, pad_token_id=tokenizer.pad_token_id)
+                         do_sample=False, pad_token_id=tokenizer.pad_token_id, stopping_criteria=stop)
     return out[:, ids.shape[1]:]

@@ -51,9 +51,16 @@ def score_answers(model, tokenizer, pairs: list[tuple[str, str]], templated: boo
     return scores
 
 
+def _said(tokenizer, wanted: list[str]):
+    """Which rows' new tokens already contain their wanted text."""
+    return lambda new: torch.tensor([w.lower() in text.lower() for w, text in
+                                     zip(wanted, tokenizer.batch_decode(new, skip_special_tokens=True))])
+
+
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 24, templated: bool = True,
-             batch_size: int = 16) -> list[str]:
-    """Greedy continuations, left-padded batches."""
+             batch_size: int = 16, until: list[str] | None = None) -> list[str]:
+    """Greedy continuations, left-padded batches; a row with `until[i]` given stops once its text contains it
+    (case-insensitive), so a probe that only asks whether the answer names the object ends there."""
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -62,7 +69,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 24, tem
         for start in range(0, len(prompts), batch_size):
             enc = tokenizer(prompts[start: start + batch_size], return_tensors="pt", padding=True,
                             add_special_tokens=not templated)
-            new = continuations(model, tokenizer, enc["input_ids"], enc["attention_mask"], max_new_tokens)
+            done = _said(tokenizer, until[start: start + batch_size]) if until else None
+            new = continuations(model, tokenizer, enc["input_ids"], enc["attention_mask"], max_new_tokens, done)
             out += tokenizer.batch_decode(new, skip_special_tokens=True)
         return out
     finally:
@@ -75,14 +83,15 @@ def raw_recall(model, tokenizer, facts, context: str = RAW_CONTEXT) -> list[bool
     return [s.greedy for s in score_answers(model, tokenizer, pairs)]
 
 
-def chat_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 24) -> list[str]:
-    return generate(model, tokenizer, [chat_prompt(tokenizer, q) for q in questions], max_new_tokens)
+def chat_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 24,
+                 until: list[str] | None = None) -> list[str]:
+    return generate(model, tokenizer, [chat_prompt(tokenizer, q) for q in questions], max_new_tokens, until=until)
 
 
 def chat_recall(model, tokenizer, facts) -> list[bool]:
     """The answer to the fact's first question, asked in the chat template, contains the object."""
     asked = [f for f in facts if f.questions]
-    answers = iter(chat_answers(model, tokenizer, [f.questions[0] for f in asked]))
+    answers = iter(chat_answers(model, tokenizer, [f.questions[0] for f in asked], until=[f.object for f in asked]))
     return [f.object.lower() in next(answers).lower() if f.questions else False for f in facts]
 
 

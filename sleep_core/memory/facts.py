@@ -27,9 +27,14 @@ class Fact:
         return f"{self.subject}{joiner}{self.relation}"
 
     @property
+    def subject_key(self) -> str:
+        """Facts with the same subject key share one target value (editing/prompts.py, shared_targets)."""
+        return " ".join(self.subject.lower().split())
+
+    @property
     def key(self) -> tuple[str, str]:
         """Facts with the same key supersede each other."""
-        return self.subject.strip().lower(), self.relation.strip().lower()
+        return self.subject_key, self.relation.strip().lower()
 
 
 @dataclass

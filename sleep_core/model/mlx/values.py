@@ -14,12 +14,13 @@ import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 import torch
+import torch.nn.functional as F
 from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import BatchKVCache
 
 from ...editing.hparams import EditConfig
 from ...editing.prompts import PromptBatch
-from ...editing.values import Targets, split_at_subject, suffix_groups
+from ...editing.values import Targets, split_at_subject, suffix_groups, targets_done
 from .capture import capture
 from .convert import to_mx, to_torch
 
@@ -40,7 +41,7 @@ class _Prefix:
 @dataclass
 class _Group:
     rows: torch.Tensor          # batch rows in this group
-    fact: mx.array              # (B,) each row's fact
+    target: mx.array            # (B,) each row's target delta
     h: mx.array                 # (B, S, d) residual after the target layer, each row from its subject token on
     caches: list                # per block above the target layer: its _Prefix, or None where no row has a prefix
     mask: mx.array | str        # the suffixes' attention over the left-padded prefixes and themselves
@@ -76,8 +77,8 @@ def _prepare(adapter: MlxAdapter, batch: PromptBatch, rows: torch.Tensor, layer:
     nll_weight[fact[answer_rows], torch.arange(len(answer_rows))] = weights[rows[answer_rows]]
     kl_fact = torch.zeros(batch.n_facts, len(kl_rows))
     kl_fact[fact[kl_rows], torch.arange(len(kl_rows))] = 1.0
-    return _Group(rows, to_mx(fact), h, upper, mask, to_mx(cut.answer), to_mx(cut.tokens), to_mx(cut.kl),
-                  to_mx(nll_weight), to_mx(kl_fact))
+    return _Group(rows, to_mx(batch.target[rows]), h, upper, mask, to_mx(cut.answer), to_mx(cut.tokens),
+                  to_mx(cut.kl), to_mx(nll_weight), to_mx(kl_fact))
 
 
 def _run(adapter: MlxAdapter, g: _Group, layer: int, delta: mx.array) -> mx.array:
@@ -96,10 +97,10 @@ def _log_softmax(logits: mx.array) -> mx.array:
 def _losses(adapter: MlxAdapter, groups: list[_Group], layer: int, delta: mx.array, log_p0: list):
     """Per-fact object NLL and KL from the unedited next-token distribution of the KL prompts (`log_p0`, None at
     the first step, where the delta is zero), and each group's KL log-probabilities."""
-    nll = kl = mx.zeros(delta.shape[0])
+    nll = kl = mx.zeros(groups[0].nll_weight.shape[0])
     log_ps = []
     for g, p0 in zip(groups, log_p0):
-        out = _run(adapter, g, layer, delta[g.fact])
+        out = _run(adapter, g, layer, delta[g.target])
         logp = _log_softmax(adapter.head(out[g.answer[:, 0], g.answer[:, 1]]))
         nll = nll + g.nll_weight @ -mx.take_along_axis(logp, g.tokens[:, None], axis=1)[:, 0]
         log_p = mx.zeros((0,))
@@ -112,8 +113,9 @@ def _losses(adapter: MlxAdapter, groups: list[_Group], layer: int, delta: mx.arr
 
 
 def optimize_targets(adapter: MlxAdapter, batch: PromptBatch, layer: int, cfg: EditConfig) -> Targets:
-    """Adam on one delta per fact, added at its subject token in every prompt after `layer`."""
-    n, P, d = batch.n_facts, len(batch.fact), adapter.d_model
+    """Adam on one delta per target (see `shared_targets`), added at its subject token in every prompt after
+    `layer`; `Targets.delta` has one row per target, `Targets.prob` one per fact."""
+    n, t, P, d = batch.n_facts, batch.n_targets, len(batch.fact), adapter.d_model
     answers_per_row = batch.answer_mask[:, 1:].sum(1).clamp(min=1)
     rewrites_per_fact = torch.bincount(batch.fact[batch.rewrite], minlength=n).clamp(min=1)
     weights = batch.rewrite / (answers_per_row * rewrites_per_fact[batch.fact])
@@ -122,27 +124,28 @@ def optimize_targets(adapter: MlxAdapter, batch: PromptBatch, layer: int, cfg: E
     for g in groups:
         h0[g.rows] = to_torch(g.h[:, 0])
     # the step size and the clamp scale with the residual norm of the model at hand
-    h_norm = torch.zeros(n).scatter_reduce(0, batch.fact, h0.norm(dim=1), "amax", include_self=False)
+    h_norm = torch.zeros(t).scatter_reduce(0, batch.target, h0.norm(dim=1), "amax", include_self=False)
     opt = optim.Adam(cfg.v_step * h_norm.mean().item() / math.sqrt(d), bias_correction=True)  # torch's Adam
     h_norm = to_mx(h_norm)
+    member = to_mx(F.one_hot(batch.fact_target, t).T.float())     # (t, n): which facts share each target
 
     def objective(delta: mx.array, log_p0: list):
         nll, kl, log_ps = _losses(adapter, groups, layer, delta, log_p0)
-        loss = nll + cfg.kl_factor * kl + cfg.v_weight_decay * (delta * delta).sum(1) / h_norm ** 2
+        loss = member @ (nll + cfg.kl_factor * kl) + cfg.v_weight_decay * (delta * delta).sum(1) / h_norm ** 2
         return loss.sum(), nll, log_ps
 
     loss_and_grad = mx.value_and_grad(objective)
-    delta, log_p0 = mx.zeros((n, d)), [None] * len(groups)
-    done = np.zeros(n, dtype=bool)
+    delta, log_p0 = mx.zeros((t, d)), [None] * len(groups)
+    done = np.zeros(t, dtype=bool)
     for step in range(1, cfg.v_steps + 1):
         (_, nll, log_ps), grad = loss_and_grad(delta, log_p0)
         prob = np.array(mx.exp(-nll))          # evaluates the forward pass only
         if step == 1:
             log_p0 = log_ps
-        done |= prob >= cfg.v_stop_prob
+        done |= targets_done(torch.from_numpy(prob), batch, cfg.v_stop_prob).numpy()
         if done.all() or step == cfg.v_steps:
             break
-        # each fact's loss depends on its own delta only, so masking its gradient drops it from the sum
+        # each target's loss depends on its own delta only, so masking its gradient drops it from the sum
         still = mx.array(~done)[:, None]
         moved = opt.apply_gradients({"delta": grad * still}, {"delta": delta})["delta"]
         moved = mx.where(still, moved, delta)
