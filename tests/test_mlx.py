@@ -134,7 +134,8 @@ def test_same_weights_give_the_same_measurements_in_both_backends(make_tiny, tok
     t, m = ModelAdapter(torch_model), adapter_for(mlx_model)
     assert t.fingerprint() == m.fingerprint() and t.layers == m.layers
     cfg = EditConfig(v_steps=6)
-    batch = build_batch(tokenizer, FACTS, cfg)
+    kin = Fact("my dog", "loves", "swimming", ("What does my dog love?",))       # shares a target with FACTS[0]
+    batch = build_batch(tokenizer, FACTS + [kin], cfg)
     layer, target = t.layers[0], t.layers[-1] + 1
     for a, b in zip(t.measure(batch, layer, target), m.measure(batch, layer, target)):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -150,6 +151,11 @@ def test_same_weights_give_the_same_measurements_in_both_backends(make_tiny, tok
         [s.greedy for s in score_answers(mlx_model, tokenizer, pairs)]
     assert generate(torch_model, tokenizer, [PROBE, "Hi"], 5, templated=False) == \
         generate(mlx_model, tokenizer, [PROBE, "Hi"], 5, templated=False)
+    full = generate(torch_model, tokenizer, [PROBE], 12, templated=False)[0]
+    said = tokenizer.decode(tokenizer(full, add_special_tokens=False)["input_ids"][:3])
+    for model in (torch_model, mlx_model):       # a probe that waits for `said` stops where it is said
+        cut = generate(model, tokenizer, [PROBE], 12, templated=False, until=[said])[0]
+        assert said in cut and full.startswith(cut) and len(cut) < len(full)
     ppl = [perplexity(model, tokenizer, text[0], 100) for model in (torch_model, mlx_model)]
     assert ppl[0] == pytest.approx(ppl[1], rel=1e-4)
 
