@@ -38,6 +38,9 @@ def test_convergence(make_tiny, tokenizer, tmp_path):
     assert all(fraction(r) for r in recall) and 1 <= len(recall) <= 2
     assert len(result["sleep_seconds"]) == len(recall) - 1 and all(s > 0 for s in result["sleep_seconds"])
     assert len(result["specificity_per_cycle"]) == len(recall) and all(map(fraction, result["specificity_per_cycle"]))
+    drift = result["ppl_drift_per_cycle"]
+    assert len(drift) == len(recall) and result["ppl_base"] > 1 and all(-1 < d < 10 for d in drift)
+    assert drift[0] != 0.0                       # the wake edits moved the perplexity the sleep starts from
     if when is None:
         assert max(recall) < 1.0 and len(recall) == 2
     else:

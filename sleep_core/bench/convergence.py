@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ..cycle.audit import audit
 from ..editing.hparams import EditConfig
+from ..eval.perplexity import perplexity
 from ..facade import Memory
 from .common import (bench_config, emit, known_to, line_plot, load_model, model_name, parser, peak_rss_mb, seed_pool,
                      setup, still_known)
@@ -23,22 +24,27 @@ def convergence(model, tokenizer, facts, store: Path, cycles: int, target: float
     known = known_to(model, tokenizer)
     memory = Memory.open(model, tokenizer, bench_config(store, wake_mode, edit, **config))
     try:
+        text, tokens = memory.heldout_text(), memory.config.ppl_tokens     # what sleep measures perplexity on
+        ppl_base = perplexity(model, tokenizer, text, tokens)
         memory.inject_now(facts)
         recall, seconds, sleeps = [audit(model, tokenizer, memory.active_records()).recall("raw")], [], []
         kept = [still_known(model, tokenizer, known)]
+        drift = [perplexity(model, tokenizer, text, tokens) / ppl_base - 1]
         log.info("after %d wake edits: raw recall %.3f", len(facts), recall[0])
         while len(seconds) < cycles and recall[-1] < target:
             report = memory.sleep()
             recall.append(report.recall_after if report.committed else report.recall_before)
             seconds.append(report.seconds)
             sleeps.append({k: getattr(report, k) for k in ("committed", "reason", "chat_recall_after",
-                                                          "ppl_before", "ppl_after", "refreshed")})
+                                                          "ppl_before", "ppl_after", "refreshed", "timings")})
             kept.append(still_known(model, tokenizer, known))
+            drift.append((report.ppl_after if report.committed else report.ppl_before) / ppl_base - 1)
     finally:
         memory.close(restore_weights=True)
     return {"benchmark": "convergence", "facts": len(facts), "wake_mode": wake_mode, "target": target,
             "recall_per_cycle": recall, "cycles_to_converge": first_at(recall, target), "sleep_seconds": seconds,
-            "known_facts": len(known), "specificity_per_cycle": kept, "sleeps": sleeps}
+            "known_facts": len(known), "specificity_per_cycle": kept, "ppl_base": ppl_base,
+            "ppl_drift_per_cycle": drift, "sleeps": sleeps}
 
 
 def plot(result: dict, target) -> None:
