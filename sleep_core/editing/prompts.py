@@ -92,8 +92,8 @@ def shared_targets(facts: list[Fact], cfg: EditConfig) -> list[int]:
     return [first.setdefault(f.subject_key, len(first)) for f in facts]
 
 
-def _segments(tokenizer, facts: list[Fact], cfg: EditConfig, with_kl: bool) -> list[Segment]:
-    out, targets = [], shared_targets(facts, cfg)
+def _segments(tokenizer, facts: list[Fact], cfg: EditConfig, with_kl: bool, targets: list[int]) -> list[Segment]:
+    out = []
     for i, fact in enumerate(facts):
         for prefix in cfg.prefixes:
             prompt = prefix + fact.prompt
@@ -112,7 +112,8 @@ def _segments(tokenizer, facts: list[Fact], cfg: EditConfig, with_kl: bool) -> l
 
 def build_batch(tokenizer, facts: list[Fact], cfg: EditConfig, with_kl: bool = True) -> PromptBatch:
     """Tokenize every prompt of every fact once; keys and targets are read from the same batch."""
-    segs = _segments(tokenizer, facts, cfg, with_kl)
+    targets = shared_targets(facts, cfg)
+    segs = _segments(tokenizer, facts, cfg, with_kl, targets)
     enc = [tokenizer(s.text, return_offsets_mapping=True, add_special_tokens=not s.templated) for s in segs]
     width = max(len(e["input_ids"]) for e in enc)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -135,4 +136,4 @@ def build_batch(tokenizer, facts: list[Fact], cfg: EditConfig, with_kl: bool = T
         subject_pos = last_pos
     return PromptBatch(ids, mask, torch.tensor(subject_pos), torch.tensor(last_pos),
                        torch.tensor([s.fact for s in segs]), torch.tensor([s.rewrite for s in segs]),
-                       answer, len(facts), torch.tensor(shared_targets(facts, cfg)))
+                       answer, len(facts), torch.tensor(targets))
