@@ -15,7 +15,7 @@ from .editing.covariance import cached_moments
 from .editing.memit import compute_edits
 from .editing.solve import LayerPrior, make_prior
 from .extract import Candidate, Rejection, extract, names_from
-from .memory.facts import Fact, FactEdit
+from .memory.facts import Fact, FactEdit, about
 from .memory.ledger import WeightLedger
 from .memory.store import FactRecord, Store, StoreError, export_document, now, read_document
 from .model.backend import adapter_for, hf_tokenizer
@@ -122,8 +122,9 @@ class Memory:
             if any(r.object.lower() == record.object.lower() for r in same):
                 self.store.drop_edits([fact_id], delete=True)    # a duplicate is not injected twice
                 return None
-            kin = [r for r in active if r.fact.subject_key == record.fact.subject_key and r not in same]
-            kin = kin if self.config.edit.mode != "seed" else []
+            # seed mode gives every fact its own target (shared_targets), so nothing is re-solved with it
+            kin = [] if self.config.edit.seed else [r for r in about(active, {record.fact.subject_key})
+                                                      if r not in same]
             priors = self.priors()
             with self.weight_lock():
                 snapshot = self.ledger.snapshot()

@@ -14,6 +14,7 @@ from ..editing.consolidate import consolidate
 from ..editing.memit import compute_edits
 from ..eval.perplexity import perplexity
 from ..eval.probes import raw_recall
+from ..memory.facts import about
 from .audit import Audit, audit
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,7 @@ def _refresh(memory, records, degraded) -> list:
     for all of them with every other fact's keys protected; off the chat path, so each new target is pushed
     further than a wake edit's (MemoryConfig.refresh_*). Returns the facts re-solved."""
     ledger, config = memory.ledger, memory.config
-    subjects = {r.fact.subject_key for r in degraded}
-    degraded = [r for r in records if r.fact.subject_key in subjects]
+    degraded = about(records, {r.fact.subject_key for r in degraded})
     for r in degraded:
         ledger.remove(r.id)
     ledger.rebuild()

@@ -37,6 +37,11 @@ class Fact:
         return self.subject_key, self.relation.strip().lower()
 
 
+def about(records: list, subjects: set[str]) -> list:
+    """The records (anything with a `.fact`) whose fact's subject key is one of `subjects`."""
+    return [r for r in records if r.fact.subject_key in subjects]
+
+
 @dataclass
 class FactEdit:
     """One fact's share of an update: per layer a column a (d_out), b (d_in) of ΔW = Σ a bᵀ, and its key."""
