@@ -88,6 +88,28 @@ def test_a_fact_about_a_known_subject_re_solves_its_kin(tiny_llama, tokenizer, s
     memory.close()
 
 
+def test_a_target_that_is_reached_stops_costing_steps(tiny_llama, tokenizer, monkeypatch):
+    import sleep_core.editing.values as values
+    from sleep_core.editing.prompts import build_batch
+    adapter = ModelAdapter(tiny_llama)
+    layer = adapter.layers[-1] + 1
+    start = adapter.optimize_targets(build_batch(tokenizer, FACTS, EditConfig()), layer, EditConfig(v_steps=1)).prob
+    cfg = EditConfig(v_steps=8, v_stop_prob=float(start.sort().values[-2:].mean()))   # the likeliest is done at once
+    batch = build_batch(tokenizer, FACTS, cfg)
+    prepared, prepare = [], values._prepare
+    monkeypatch.setattr(values, "_prepare", lambda a, b, rows: prepared.append(len(rows)) or prepare(a, b, rows))
+    pruned = adapter.optimize_targets(batch, layer, cfg)
+    running = int((batch.target != start.argmax()).sum())
+    assert sum(prepared) == len(batch.fact) + running      # regrouped once, without the finished target's rows
+    prepared.clear()
+    monkeypatch.setattr(values, "REGROUP", 0.0)
+    kept = adapter.optimize_targets(batch, layer, cfg)
+    assert sum(prepared) == len(batch.fact)
+    assert int(start.argmax()) == int(pruned.delta.norm(dim=1).argmin()) and pruned.delta.norm(dim=1).min() == 0
+    assert torch.allclose(pruned.delta, kept.delta, atol=1e-6) and torch.equal(pruned.h0, kept.h0)
+    assert torch.allclose(pruned.prob, kept.prob)
+
+
 def _spectrum(d: int = 16, used: int = 12):
     """A second moment whose general text uses `used` directions; the rest is a near-null space."""
     torch.manual_seed(0)

@@ -146,6 +146,12 @@ def test_same_weights_give_the_same_measurements_in_both_backends(make_tiny, tok
     assert got.steps == expected.steps and torch.allclose(got.prob, expected.prob, rtol=1e-4)
     assert torch.allclose(got.delta, expected.delta, rtol=1e-3, atol=1e-6)
     assert torch.allclose(got.h0, expected.h0, rtol=1e-4, atol=1e-6)
+    start = t.optimize_targets(batch, target, EditConfig(v_steps=1)).prob
+    start = torch.ones(batch.n_targets).scatter_reduce(0, batch.fact_target, start, "amin")     # per target
+    early = EditConfig(v_steps=6, v_stop_prob=float(start.sort().values[-2:].mean()))   # one target stops at once
+    expected, got = t.optimize_targets(batch, target, early), m.optimize_targets(batch, target, early)
+    assert (expected.delta.norm(dim=1) == 0).sum() == 1 and torch.allclose(got.delta, expected.delta, atol=1e-6)
+    assert torch.allclose(got.prob, expected.prob, rtol=1e-4)
     pairs = [(f.prompt, " " + f.object) for f in FACTS]
     assert [s.greedy for s in score_answers(torch_model, tokenizer, pairs)] == \
         [s.greedy for s in score_answers(mlx_model, tokenizer, pairs)]

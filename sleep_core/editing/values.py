@@ -2,8 +2,9 @@
 
 Nothing before a prompt's subject token depends on the delta, and nothing up to the target layer, so every
 prompt's prefix runs once and stays in the model's key/value cache, and each Adam step runs only the layers
-above the target layer on the prompts from their subject token on (a third of the tokens). The optimisation
-stops once every object is confidently predicted.
+above the target layer on the prompts from their subject token on (a third of the tokens). A target stops
+once its objects are confidently predicted, and its prompts then leave the batch; the optimisation ends when
+every target has stopped.
 """
 import math
 from contextlib import contextmanager
@@ -16,6 +17,8 @@ import torch.nn.functional as F
 from ..model.adapter import ModelAdapter
 from .hparams import EditConfig
 from .prompts import PromptBatch, similar
+
+REGROUP = 0.9     # regroup once the rows whose target is still running are at most this share of those run
 
 
 @dataclass
@@ -40,13 +43,15 @@ class _Group:
     calls: list = field(default_factory=list)          # (block, args, kwargs) of every block above it
 
 
-def suffix_groups(batch: PromptBatch) -> list[torch.Tensor]:
-    """Rows with suffixes of similar length; rows whose subject opens the prompt have no prefix to cache."""
+def suffix_groups(batch: PromptBatch, rows: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """`rows` (default all) in groups with suffixes of similar length; rows whose subject opens the prompt have
+    no prefix to cache."""
+    rows = torch.arange(len(batch.fact)) if rows is None else rows
     suffix = batch.attention_mask.sum(1) - batch.subject_pos
     out = []
     for has_prefix in (False, True):
-        rows = ((batch.subject_pos > 0) == has_prefix).nonzero().squeeze(1)
-        out += [rows[g] for g in similar(suffix[rows], 3.0)] if len(rows) else []
+        part = rows[(batch.subject_pos[rows] > 0) == has_prefix]
+        out += [part[g] for g in similar(suffix[part], 3.0)] if len(part) else []
     return out
 
 
@@ -162,36 +167,43 @@ def optimize_targets(adapter: ModelAdapter, batch: PromptBatch, layer: int, cfg:
 
 
 def _optimize(adapter: ModelAdapter, batch: PromptBatch, layer: int, cfg: EditConfig) -> Targets:
-    groups = [_prepare(adapter, batch, rows) for rows in suffix_groups(batch)]
     n, t, P = batch.n_facts, batch.n_targets, len(batch.fact)
-    answers_per_row = torch.bincount(torch.cat([g.rows[g.answer[:, 0]] for g in groups]), minlength=P).clamp(min=1)
+    answers_per_row = batch.answer_mask[:, 1:].sum(1).clamp(min=1)
     rewrites_per_fact = torch.bincount(batch.fact[batch.rewrite], minlength=n).clamp(min=1)
     h0 = torch.zeros(P, adapter.d_model)
-    log_p0: dict[int, torch.Tensor] = {}       # unedited next-token log-probabilities of each group's KL prompts
+    log_p0: dict[int, torch.Tensor] = {}       # unedited next-token log-probabilities at each KL prompt's end
 
     delta = torch.zeros(t, adapter.d_model, requires_grad=True)
     opt, h_norm = None, None
     done = torch.zeros(t, dtype=torch.bool)
+    prob = torch.zeros(n)
+    groups, running = [], 0
     for step in range(1, cfg.v_steps + 1):
+        live = (~done[batch.target]).nonzero().squeeze(1)
+        if not groups or len(live) <= REGROUP * running:    # finished targets' rows leave: a step costs per row
+            groups, running = [_prepare(adapter, batch, rows) for rows in suffix_groups(batch, live)], len(live)
         nll_row, kl = torch.zeros(P), torch.zeros(n)
-        for i, g in enumerate(groups):
+        for g in groups:
             out = _run(adapter, g, layer, delta[batch.target[g.rows]])
             logp = F.log_softmax(adapter.head(out[g.answer[:, 0], g.answer[:, 1]]).float(), -1).cpu()
             nll_tok = -logp.gather(1, g.tokens.unsqueeze(1)).squeeze(1)
             nll_row = nll_row.index_add(0, g.rows[g.answer[:, 0]], nll_tok)
             if len(g.kl):
+                kl_rows = g.rows[g.kl[:, 0]]
                 log_p = F.log_softmax(adapter.head(out[g.kl[:, 0], g.kl[:, 1]]).float(), -1).cpu()
                 if step == 1:
-                    log_p0[i] = log_p.detach()
-                div = F.kl_div(log_p, log_p0[i], log_target=True, reduction="none").sum(-1)
-                kl = kl.index_add(0, batch.fact[g.rows[g.kl[:, 0]]], div)
+                    log_p0.update(zip(kl_rows.tolist(), log_p.detach()))
+                reference = torch.stack([log_p0[r] for r in kl_rows.tolist()])
+                div = F.kl_div(log_p, reference, log_target=True, reduction="none").sum(-1)
+                kl = kl.index_add(0, batch.fact[kl_rows], div)
             if step == 1:
                 h0[g.rows] = g.h[:, 0].float().cpu()
         if step == 1:   # the step size and the clamp scale with the residual norm of the model at hand
             h_norm = torch.zeros(t).scatter_reduce(0, batch.target, h0.norm(dim=1), "amax", include_self=False)
             opt = torch.optim.Adam([delta], lr=cfg.v_step * h_norm.mean().item() / math.sqrt(adapter.d_model))
         nll = torch.zeros(n).index_add(0, batch.fact, (nll_row / answers_per_row) * batch.rewrite) / rewrites_per_fact
-        prob = torch.exp(-nll.detach())
+        running_fact = ~done[batch.fact_target]
+        prob = torch.where(running_fact, torch.exp(-nll.detach()), prob)
         done |= targets_done(prob, batch, cfg.v_stop_prob)
         if done.all() or step == cfg.v_steps:
             break

@@ -58,7 +58,7 @@ def _said(tokenizer, wanted: list[str]):
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 24, templated: bool = True,
-             batch_size: int = 16, until: list[str] | None = None) -> list[str]:
+             batch_size: int = 64, until: list[str] | None = None) -> list[str]:
     """Greedy continuations, left-padded batches; a row with `until[i]` given stops once its text contains it
     (case-insensitive), so a probe that only asks whether the answer names the object ends there."""
     side, tokenizer.padding_side = tokenizer.padding_side, "left"

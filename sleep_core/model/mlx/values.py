@@ -20,7 +20,7 @@ from mlx_lm.models.cache import BatchKVCache
 
 from ...editing.hparams import EditConfig
 from ...editing.prompts import PromptBatch
-from ...editing.values import Targets, split_at_subject, suffix_groups, targets_done
+from ...editing.values import REGROUP, Targets, split_at_subject, suffix_groups, targets_done
 from .capture import capture
 from .convert import to_mx, to_torch
 
@@ -50,6 +50,7 @@ class _Group:
     kl: mx.array                # (k, 2) local (row, suffix position) of the last token of KL prompts
     nll_weight: mx.array        # (n, A) a fact's NLL = this @ token NLLs: mean over a row's tokens, then its rows
     kl_fact: mx.array           # (n, k) 1 where a KL prompt belongs to the fact
+    kl_rows: list[int]          # the batch rows of its KL prompts
 
 
 def _prepare(adapter: MlxAdapter, batch: PromptBatch, rows: torch.Tensor, layer: int, weights: torch.Tensor
@@ -78,7 +79,7 @@ def _prepare(adapter: MlxAdapter, batch: PromptBatch, rows: torch.Tensor, layer:
     kl_fact = torch.zeros(batch.n_facts, len(kl_rows))
     kl_fact[fact[kl_rows], torch.arange(len(kl_rows))] = 1.0
     return _Group(rows, to_mx(batch.target[rows]), h, upper, mask, to_mx(cut.answer), to_mx(cut.tokens),
-                  to_mx(cut.kl), to_mx(nll_weight), to_mx(kl_fact))
+                  to_mx(cut.kl), to_mx(nll_weight), to_mx(kl_fact), rows[kl_rows].tolist())
 
 
 def _run(adapter: MlxAdapter, g: _Group, layer: int, delta: mx.array) -> mx.array:
@@ -120,6 +121,7 @@ def optimize_targets(adapter: MlxAdapter, batch: PromptBatch, layer: int, cfg: E
     rewrites_per_fact = torch.bincount(batch.fact[batch.rewrite], minlength=n).clamp(min=1)
     weights = batch.rewrite / (answers_per_row * rewrites_per_fact[batch.fact])
     groups = [_prepare(adapter, batch, rows, layer, weights) for rows in suffix_groups(batch)]
+    running = P
     h0 = torch.zeros(P, d)
     for g in groups:
         h0[g.rows] = to_torch(g.h[:, 0])
@@ -135,13 +137,19 @@ def optimize_targets(adapter: MlxAdapter, batch: PromptBatch, layer: int, cfg: E
         return loss.sum(), nll, log_ps
 
     loss_and_grad = mx.value_and_grad(objective)
-    delta, log_p0 = mx.zeros((t, d)), [None] * len(groups)
-    done = np.zeros(t, dtype=bool)
+    delta, reference = mx.zeros((t, d)), {}      # reference: unedited log-probabilities at each KL prompt's end
+    done, prob = np.zeros(t, dtype=bool), np.zeros(n, dtype=np.float32)
     for step in range(1, cfg.v_steps + 1):
+        live = torch.from_numpy(~done)[batch.target].nonzero().squeeze(1)
+        if len(live) <= REGROUP * running:      # finished targets' rows leave, as in editing/values.py
+            groups, running = [_prepare(adapter, batch, rows, layer, weights) for rows in suffix_groups(batch, live)], \
+                len(live)
+        log_p0 = [mx.stack([reference[r] for r in g.kl_rows]) if reference and g.kl_rows else None for g in groups]
         (_, nll, log_ps), grad = loss_and_grad(delta, log_p0)
-        prob = np.array(mx.exp(-nll))          # evaluates the forward pass only
+        prob = np.where(~done[batch.fact_target.numpy()], np.array(mx.exp(-nll)), prob)  # the forward pass only
         if step == 1:
-            log_p0 = log_ps
+            for g, log_p in zip(groups, log_ps):
+                reference.update(zip(g.kl_rows, log_p))
         done |= targets_done(torch.from_numpy(prob), batch, cfg.v_stop_prob).numpy()
         if done.all() or step == cfg.v_steps:
             break
@@ -151,5 +159,5 @@ def optimize_targets(adapter: MlxAdapter, batch: PromptBatch, layer: int, cfg: E
         moved = mx.where(still, moved, delta)
         scale = mx.minimum(cfg.clamp_norm * h_norm / mx.maximum(mx.linalg.norm(moved, axis=1), 1e-12), 1.0)
         delta = moved * scale[:, None]
-        mx.eval(delta, opt.state, log_p0)
+        mx.eval(delta, opt.state, list(reference.values()))
     return Targets(to_torch(delta), h0, torch.from_numpy(prob), step)
