@@ -141,6 +141,13 @@ def _run(adapter: ModelAdapter, g: _Group, layer: int, delta: torch.Tensor) -> t
             handle.remove()
 
 
+def rows_to_regroup(batch: PromptBatch, done: torch.Tensor, running: int) -> torch.Tensor | None:
+    """The rows whose target is still running, once at most REGROUP of the `running` rows are left (so the
+    groups are rebuilt without the finished ones: a step costs per row); otherwise None."""
+    live = (~done[batch.target]).nonzero().squeeze(1)
+    return live if len(live) <= REGROUP * running else None
+
+
 def targets_done(prob: torch.Tensor, batch: PromptBatch, stop: float) -> torch.Tensor:
     """(t,) the targets whose every fact's object probability `prob` (n,) has reached `stop`."""
     return torch.ones(batch.n_targets).scatter_reduce(0, batch.fact_target, prob, "amin") >= stop
@@ -177,10 +184,9 @@ def _optimize(adapter: ModelAdapter, batch: PromptBatch, layer: int, cfg: EditCo
     opt, h_norm = None, None
     done = torch.zeros(t, dtype=torch.bool)
     prob = torch.zeros(n)
-    groups, running = [], 0
+    groups, running = [_prepare(adapter, batch, rows) for rows in suffix_groups(batch)], P
     for step in range(1, cfg.v_steps + 1):
-        live = (~done[batch.target]).nonzero().squeeze(1)
-        if not groups or len(live) <= REGROUP * running:    # finished targets' rows leave: a step costs per row
+        if (live := rows_to_regroup(batch, done, running)) is not None:
             groups, running = [_prepare(adapter, batch, rows) for rows in suffix_groups(batch, live)], len(live)
         nll_row, kl = torch.zeros(P), torch.zeros(n)
         for g in groups:

@@ -20,7 +20,7 @@ from mlx_lm.models.cache import BatchKVCache
 
 from ...editing.hparams import EditConfig
 from ...editing.prompts import PromptBatch
-from ...editing.values import REGROUP, Targets, split_at_subject, suffix_groups, targets_done
+from ...editing.values import Targets, rows_to_regroup, split_at_subject, suffix_groups, targets_done
 from .capture import capture
 from .convert import to_mx, to_torch
 
@@ -140,10 +140,9 @@ def optimize_targets(adapter: MlxAdapter, batch: PromptBatch, layer: int, cfg: E
     delta, reference = mx.zeros((t, d)), {}      # reference: unedited log-probabilities at each KL prompt's end
     done, prob = np.zeros(t, dtype=bool), np.zeros(n, dtype=np.float32)
     for step in range(1, cfg.v_steps + 1):
-        live = torch.from_numpy(~done)[batch.target].nonzero().squeeze(1)
-        if len(live) <= REGROUP * running:      # finished targets' rows leave, as in editing/values.py
-            groups, running = [_prepare(adapter, batch, rows, layer, weights) for rows in suffix_groups(batch, live)], \
-                len(live)
+        if (live := rows_to_regroup(batch, torch.from_numpy(done), running)) is not None:
+            groups = [_prepare(adapter, batch, rows, layer, weights) for rows in suffix_groups(batch, live)]
+            running = len(live)
         log_p0 = [mx.stack([reference[r] for r in g.kl_rows]) if reference and g.kl_rows else None for g in groups]
         (_, nll, log_ps), grad = loss_and_grad(delta, log_p0)
         prob = np.where(~done[batch.fact_target.numpy()], np.array(mx.exp(-nll)), prob)  # the forward pass only
