@@ -93,8 +93,9 @@ def test_a_target_that_is_reached_stops_costing_steps(tiny_llama, tokenizer, mon
     from sleep_core.editing.prompts import build_batch
     adapter = ModelAdapter(tiny_llama)
     layer = adapter.layers[-1] + 1
-    start = adapter.optimize_targets(build_batch(tokenizer, FACTS, EditConfig()), layer, EditConfig(v_steps=1)).prob
-    cfg = EditConfig(v_steps=8, v_stop_prob=float(start.sort().values[-2:].mean()))   # the likeliest is done at once
+    exact = EditConfig(v_steps=1, v_bf16=False)      # float32 steps: regrouping changes nothing but the batches
+    start = adapter.optimize_targets(build_batch(tokenizer, FACTS, exact), layer, exact).prob
+    cfg = EditConfig(v_steps=8, v_bf16=False, v_stop_prob=float(start.sort().values[-2:].mean()))   # one done at once
     batch = build_batch(tokenizer, FACTS, cfg)
     prepared, prepare = [], values._prepare
     monkeypatch.setattr(values, "_prepare", lambda a, b, rows: prepared.append(len(rows)) or prepare(a, b, rows))
@@ -108,6 +109,25 @@ def test_a_target_that_is_reached_stops_costing_steps(tiny_llama, tokenizer, mon
     assert int(start.argmax()) == int(pruned.delta.norm(dim=1).argmin()) and pruned.delta.norm(dim=1).min() == 0
     assert torch.allclose(pruned.delta, kept.delta, atol=1e-6) and torch.equal(pruned.h0, kept.h0)
     assert torch.allclose(pruned.prob, kept.prob)
+
+
+def test_bfloat16_steps_keep_h0_and_leave_the_model_as_they_found_it(tiny_llama, tokenizer):
+    from sleep_core.editing.prompts import build_batch
+    adapter = ModelAdapter(tiny_llama)
+    layer, batch = adapter.layers[-1], build_batch(tokenizer, FACTS, EditConfig())
+    params = list(tiny_llama.parameters())
+    params[0].requires_grad_(False)                   # as a host may load it; the rest as from_pretrained does
+    before = [p.requires_grad for p in params], tiny_llama.config._attn_implementation
+    full = adapter.optimize_targets(batch, layer, EditConfig(v_steps=8, v_bf16=False))
+    half = adapter.optimize_targets(batch, layer, EditConfig(v_steps=8, v_bf16=True))
+    # the first pass runs in float32 (eager attention: equal to rounding), bfloat16 would differ by 1e-3
+    assert torch.allclose(full.h0, half.h0, rtol=1e-5, atol=1e-7)
+    assert not torch.equal(full.delta, half.delta)    # the steps did not
+    assert torch.nn.functional.cosine_similarity(full.delta, half.delta).min() > 0.9
+    assert torch.allclose(full.prob, half.prob, atol=0.05)
+    assert ([p.requires_grad for p in params], tiny_llama.config._attn_implementation) == before
+    assert all(p.grad is None for p in params)        # no weight gradient was computed
+    params[0].requires_grad_(True)
 
 
 def _spectrum(d: int = 16, used: int = 12):

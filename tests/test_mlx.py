@@ -53,7 +53,9 @@ def tiny_mlx(tokenizer):
 
 
 def _config(store_dir, v_steps: int = 4, cov_tokens: int = 3000) -> MemoryConfig:
-    return MemoryConfig(store_dir=store_dir, auto_sleep=False, edit=EditConfig(cov_tokens=cov_tokens, v_steps=v_steps))
+    """Float32 steps in both backends, so that their edits can be compared."""
+    return MemoryConfig(store_dir=store_dir, auto_sleep=False,
+                        edit=EditConfig(cov_tokens=cov_tokens, v_steps=v_steps, v_bf16=False))
 
 
 def _weights(memory) -> dict:
@@ -133,7 +135,7 @@ def test_same_weights_give_the_same_measurements_in_both_backends(make_tiny, tok
     mlx_model = _tiny_mlx(len(tokenizer), like=torch_model)
     t, m = ModelAdapter(torch_model), adapter_for(mlx_model)
     assert t.fingerprint() == m.fingerprint() and t.layers == m.layers
-    cfg = EditConfig(v_steps=6)
+    cfg = EditConfig(v_steps=6, v_bf16=False)        # MLX steps in float32: compare like with like
     kin = Fact("my dog", "loves", "swimming", ("What does my dog love?",))       # shares a target with FACTS[0]
     batch = build_batch(tokenizer, FACTS + [kin], cfg)
     layer, target = t.layers[0], t.layers[-1] + 1
@@ -146,9 +148,9 @@ def test_same_weights_give_the_same_measurements_in_both_backends(make_tiny, tok
     assert got.steps == expected.steps and torch.allclose(got.prob, expected.prob, rtol=1e-4)
     assert torch.allclose(got.delta, expected.delta, rtol=1e-3, atol=1e-6)
     assert torch.allclose(got.h0, expected.h0, rtol=1e-4, atol=1e-6)
-    start = t.optimize_targets(batch, target, EditConfig(v_steps=1)).prob
+    start = t.optimize_targets(batch, target, EditConfig(v_steps=1, v_bf16=False)).prob
     start = torch.ones(batch.n_targets).scatter_reduce(0, batch.fact_target, start, "amin")     # per target
-    early = EditConfig(v_steps=6, v_stop_prob=float(start.sort().values[-2:].mean()))   # one target stops at once
+    early = EditConfig(v_steps=6, v_bf16=False, v_stop_prob=float(start.sort().values[-2:].mean()))   # one target stops at once
     expected, got = t.optimize_targets(batch, target, early), m.optimize_targets(batch, target, early)
     assert (expected.delta.norm(dim=1) == 0).sum() == 1 and torch.allclose(got.delta, expected.delta, atol=1e-6)
     assert torch.allclose(got.prob, expected.prob, rtol=1e-4)

@@ -5,7 +5,8 @@ from pathlib import Path
 from ..editing.hparams import MODES, EditConfig
 from ..eval import raw_recall
 from ..facade import Memory
-from .common import bench_config, emit, line_plot, load_model, model_name, parser, peak_rss_mb, seed_pool, setup
+from .common import (bench_config, edit_settings, emit, line_plot, load_model, model_name, parser, peak_rss_mb,
+                     seed_pool, setup)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     store = setup(args)
     model, tokenizer = load_model(args.model)
-    result = capacity(model, tokenizer, seed_pool(args.facts, args.seed), store, args.modes.split(","))
+    result = capacity(model, tokenizer, seed_pool(args.facts, args.seed), store, args.modes.split(","),
+                      edit_settings(args))
     emit({**result, "model": model_name(model), "seed": args.seed, "peak_rss_mb": peak_rss_mb()}, args, plot)
     return 0

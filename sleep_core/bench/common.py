@@ -111,7 +111,14 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print only the JSON result")
     p.add_argument("--plot", type=Path, help="write a PNG here (default: bench-<name>.png in the current folder)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--step-precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="precision of the target optimisation's Adam steps (auto: bfloat16 on a CPU that has it)")
     return p
+
+
+def edit_settings(args) -> EditConfig:
+    """The default edit settings, with the command line's step precision."""
+    return EditConfig(v_bf16={"auto": None, "float32": False, "bfloat16": True}[args.step_precision])
 
 
 def model_options(p: argparse.ArgumentParser) -> None:

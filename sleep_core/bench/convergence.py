@@ -7,8 +7,8 @@ from ..cycle.audit import audit
 from ..editing.hparams import EditConfig
 from ..eval.perplexity import perplexity
 from ..facade import Memory
-from .common import (bench_config, emit, known_to, line_plot, load_model, model_name, parser, peak_rss_mb, seed_pool,
-                     setup, still_known)
+from .common import (bench_config, edit_settings, emit, known_to, line_plot, load_model, model_name, parser,
+                     peak_rss_mb, seed_pool, setup, still_known)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,6 @@ def main(argv: list[str]) -> int:
     store = setup(args)
     model, tokenizer = load_model(args.model)
     result = convergence(model, tokenizer, seed_pool(args.facts, args.seed), store, args.cycles, args.target,
-                         wake_mode=args.wake_mode)
+                         edit=edit_settings(args), wake_mode=args.wake_mode)
     emit({**result, "model": model_name(model), "seed": args.seed, "peak_rss_mb": peak_rss_mb()}, args, plot)
     return 0

@@ -10,7 +10,7 @@ from ..editing.hparams import EditConfig
 from ..eval import chat_answers
 from ..facade import Memory
 from ..paths import data_dir
-from .common import bench_config, emit, load_model, model_name, parser, peak_rss_mb, setup
+from .common import bench_config, edit_settings, emit, load_model, model_name, parser, peak_rss_mb, setup
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     store = setup(args)
     model, tokenizer = load_model(args.model)
-    result = conversation(model, tokenizer, store, lambda: load_model(args.model)[0], args.facts)
+    result = conversation(model, tokenizer, store, lambda: load_model(args.model)[0], args.facts,
+                          edit=edit_settings(args))
     emit({**result, "model": model_name(model), "seed": args.seed, "peak_rss_mb": peak_rss_mb()}, args, plot)
     return 0

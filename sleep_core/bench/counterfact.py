@@ -10,14 +10,13 @@ from pathlib import Path
 import torch
 
 from ..assets.corpus import ensure_corpus
-from ..config import MemoryConfig
 from ..editing.hparams import MODES
 from ..eval import RAW_CONTEXT, chat_recall, perplexity, score_answers
 from ..eval.probes import _encode
 from ..facade import Memory
 from ..memory.facts import Fact
 from ..paths import data_dir
-from .common import emit, load_model, median, parser, peak_rss_mb, setup
+from .common import bench_config, edit_settings, emit, load_model, median, parser, peak_rss_mb, setup
 from .wake import PPL_TOKENS
 
 log = logging.getLogger(__name__)
@@ -162,7 +161,7 @@ def base_loc_predictions(model, tokenizer, records: list[Record], fmt: str, cont
 
 def run_mode(model, tokenizer, records, mode: str, args, store: Path, base: tuple) -> dict:
     base_scores, base_loc, heldout = base
-    memory = Memory.open(model, tokenizer, MemoryConfig(store_dir=store / mode, mode=mode, auto_sleep=False))
+    memory = Memory.open(model, tokenizer, bench_config(store / mode, mode, edit_settings(args)))
     memory.priors()
     marks = sorted({c for c in args.checkpoints if c <= len(records)} | {len(records)})
     edit_seconds, sleep_seconds, checkpoints, done = [], [], [], 0

@@ -8,8 +8,8 @@ from pathlib import Path
 from ..editing.hparams import EditConfig
 from ..eval import perplexity
 from ..facade import Memory
-from .common import (bench_config, emit, known_to, line_plot, load_model, model_name, parser, peak_rss_mb, seed_pool,
-                     setup, still_known)
+from .common import (bench_config, edit_settings, emit, known_to, line_plot, load_model, model_name, parser,
+                     peak_rss_mb, seed_pool, setup, still_known)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,6 @@ def main(argv: list[str]) -> int:
     store = setup(args)
     model, tokenizer = load_model(args.model)
     facts = seed_pool(args.days * args.facts, args.seed)
-    result = longevity(model, tokenizer, facts, store, args.days, args.facts, args.cap)
+    result = longevity(model, tokenizer, facts, store, args.days, args.facts, args.cap, edit=edit_settings(args))
     emit({**result, "model": model_name(model), "seed": args.seed, "peak_rss_mb": peak_rss_mb()}, args, plot)
     return 0

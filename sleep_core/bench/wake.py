@@ -2,14 +2,13 @@
 import logging
 import time
 
-from ..config import MemoryConfig
 from ..editing.hparams import MODES, EditConfig
 from ..eval import chat_recall, greedy_tokens, perplexity, raw_recall, specificity
 from ..facade import Memory
 from ..assets.corpus import ensure_corpus
 from ..model.weights import QUANTIZED_EDITS
-from .common import (check_backend, emit, known_to, load_model, median, model_folder, model_options, parser,
-                     peak_rss_mb, seed_pool, setup, still_known)
+from .common import (bench_config, check_backend, edit_settings, emit, known_to, load_model, median, model_folder,
+                     model_options, parser, peak_rss_mb, seed_pool, setup, still_known)
 
 log = logging.getLogger(__name__)
 
@@ -17,9 +16,8 @@ PPL_TOKENS = 8192
 
 
 def run_mode(model, tokenizer, facts, mode: str, store, heldout: str, others,
-             quantized_edits: str = "side_branch") -> dict:
-    memory = Memory.open(model, tokenizer, MemoryConfig(store_dir=store / mode, mode=mode, auto_sleep=False,
-                                                        quantized_edits=quantized_edits, edit=EditConfig()))
+             quantized_edits: str = "side_branch", edit: EditConfig | None = None) -> dict:
+    memory = Memory.open(model, tokenizer, bench_config(store / mode, mode, edit, quantized_edits=quantized_edits))
     memory.priors()
     known = known_to(model, tokenizer)
     controls = [p for p, _ in known] + [f.prompt for f in others]
@@ -78,10 +76,12 @@ def main(argv: list[str]) -> int:
     pool = seed_pool(args.facts * 2, args.seed)
     facts, others = pool[: args.facts], pool[args.facts:]
     heldout = "\n\n".join(ensure_corpus().heldout_articles())
-    runs = [run_mode(model, tokenizer, facts, mode, store, heldout, others, args.quantized_edits)
+    runs = [run_mode(model, tokenizer, facts, mode, store, heldout, others, args.quantized_edits,
+                     edit_settings(args))
             for mode in args.mode.split(",")]
     result = {"benchmark": "wake", "model": model_folder(args.model).name,
               "seed": args.seed, "backend": args.backend, "dtype": args.dtype, "quantize": args.quantize,
+              "step_precision": args.step_precision,
               "quantized_edits": args.quantized_edits if args.quantize != "none" else None,
               **{k: v for k, v in runs[0].items() if k != "inject_seconds"},
               "runs": runs, "peak_rss_mb": peak_rss_mb()}

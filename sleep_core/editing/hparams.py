@@ -15,6 +15,7 @@ class EditConfig:
     v_weight_decay: float = 0.5
     clamp_norm: float = 0.75           # |delta| <= clamp_norm * |h|
     prefixes: tuple[str, ...] = ("", "Here is what I know. ", "Remember this: ")
+    v_bf16: bool | None = None         # Adam steps in bfloat16; None: where the CPU has bfloat16 instructions
     chat_questions: int = 2            # chat-template questions per fact used as rewriting prompts
     # the solve (MEMIT eq. 14; AlphaEdit eq. 12)
     lambda_rel: float = 1.0            # covariance weight, times d_in: about half the layer's share per layer
