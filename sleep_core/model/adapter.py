@@ -1,5 +1,4 @@
 """A loaded Hugging Face causal LM seen as what editing needs: layers, MLP output projections, the head."""
-import functools
 import inspect
 
 import torch
@@ -19,6 +18,18 @@ def _get(obj, path: str):
 def unwrap(model):
     """The plain transformers model under a PEFT wrapper."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def with_cache(module, cache) -> dict:
+    """The keyword argument that hands `module.forward` a key/value cache: transformers renamed past_key_values
+    to cache, and the forward's own signature says which it takes."""
+    forward = inspect.unwrap(module.forward)
+    return {"cache" if "cache" in inspect.signature(forward).parameters else "past_key_values": cache}
+
+
+def cache_of(out):
+    """The key/value cache a forward returned, under either name."""
+    return out.get("cache", out.get("past_key_values"))
 
 
 def quant_method(config) -> str | None:
@@ -135,14 +146,8 @@ class ModelAdapter:
         `cache`, `input_ids` continue it and `attention_mask` covers the cached positions too."""
         base = self.model.base_model
         out = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   use_cache=use_cache, **{self._cache_argument: cache})
-        return out.last_hidden_state, out.get("cache", out.get("past_key_values"))
-
-    @functools.cached_property
-    def _cache_argument(self) -> str:
-        """transformers renamed past_key_values to cache; the model's own forward says which it takes."""
-        forward = inspect.unwrap(self.model.base_model.forward)
-        return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+                   use_cache=use_cache, **with_cache(base, cache))
+        return out.last_hidden_state, cache_of(out)
 
     def input_device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device

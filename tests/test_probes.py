@@ -1,0 +1,41 @@
+"""The probes' greedy decoding on tiny random models: the same tokens as transformers' generate, for less work
+(the prompts' common beginning runs once, rows that have ended leave the batch)."""
+import pytest
+import torch
+
+from sleep_core.eval.probes import chat_prompt, generate
+
+QUESTIONS = ["Where does Aria live?", "What is my dog's name?", "What does Kaito work as for a living these days?"]
+
+
+def _reference(model, tokenizer, prompts: list[str], n: int) -> list[str]:
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    out = model.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_greedy_continuations_are_generates(make_tiny, tokenizer, kind):
+    model = make_tiny(kind)
+    prompts = [chat_prompt(tokenizer, q) for q in QUESTIONS]
+    assert generate(model, tokenizer, prompts, 10) == _reference(model, tokenizer, prompts, 10)
+    raw = ["Aria lives in", "The capital of France is", "Hi"]      # nothing in common: no shared beginning
+    assert generate(model, tokenizer, raw, 6, templated=False) == _reference(model, tokenizer, raw, 6)
+
+
+def test_rows_that_said_enough_leave_the_batch(make_tiny, tokenizer):
+    model = make_tiny("llama")
+    prompts = [chat_prompt(tokenizer, q) for q in QUESTIONS]
+    full = generate(model, tokenizer, prompts, 12)
+    said = tokenizer.decode(tokenizer(full[0], add_special_tokens=False)["input_ids"][:2])
+    batch_sizes = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, args, out: batch_sizes.append(len(out)))
+    try:
+        cut = generate(model, tokenizer, prompts, 12, until=[said, "\u2603 never said", "\u2603 never said"])
+    finally:
+        hook.remove()
+    assert said in cut[0] and full[0].startswith(cut[0]) and len(cut[0]) < len(full[0])
+    assert cut[1:] == full[1:]                         # the other rows went on to the end, unchanged
+    assert batch_sizes[0] == 1                         # the chat template's common beginning, once
+    assert batch_sizes[1] == 3 and batch_sizes[-1] == 2
