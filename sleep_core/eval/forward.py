@@ -30,17 +30,15 @@ def _shared_start(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
     """Left-padded prompts (B, T) as (their common first tokens (c,), the rest of each (B, S) left-padded with 0,
     its mask). Every row keeps at least one token of its own."""
     lengths = mask.sum(1)
-    shortest = int(lengths.min())
     starts = ids.shape[1] - lengths                   # where each prompt begins
-    c = 0
-    while c < shortest - 1 and bool((ids[torch.arange(len(ids)), starts + c] == ids[0, starts[0] + c]).all()):
-        c += 1
+    aligned = ids.gather(1, starts.unsqueeze(1) + torch.arange(int(lengths.min()) - 1))
+    c = int((aligned == aligned[:1]).all(0).cumprod(0).sum())
     rest_lengths = lengths - c
     S = int(rest_lengths.max())
     rest, rest_mask = torch.zeros(len(ids), S, dtype=ids.dtype), torch.zeros(len(ids), S, dtype=mask.dtype)
     for i, (s, n) in enumerate(zip(starts.tolist(), rest_lengths.tolist())):
         rest[i, S - n:], rest_mask[i, S - n:] = ids[i, s + c:], 1
-    return ids[0, int(starts[0]): int(starts[0]) + c], rest, rest_mask
+    return aligned[0, :c], rest, rest_mask
 
 
 @torch.no_grad()
@@ -49,6 +47,8 @@ def _greedy(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, e
     """Greedy new tokens (B, <= max_new_tokens) of left-padded prompts, what transformers' generate returns, at
     less cost: the prompts' common beginning (a chat template's system turn) runs once for the whole batch, and
     a row that has ended (end of sequence, or `done`) leaves the batch instead of decoding padding."""
+    if max_new_tokens == 0:
+        return torch.full((len(ids), 0), pad)
     device = model.get_input_embeddings().weight.device
     shared, rest, rest_mask = _shared_start(ids, mask)
     c, B = len(shared), len(ids)
@@ -69,7 +69,7 @@ def _greedy(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, e
         if done is not None:
             ended |= done(new[:, : t + 1])[live].to(torch.bool)
         if bool(ended.all()) or t + 1 == max_new_tokens:
-            return new[:, : t + 1]
+            break
         if bool(ended.any()):
             keep = (~ended).nonzero().squeeze(1)
             cache.batch_select_indices(keep.to(device))
@@ -79,7 +79,7 @@ def _greedy(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, e
                     position_ids=following[:, None].to(device), use_cache=True, logits_to_keep=1,
                     **with_cache(model, cache))
         following = following + 1
-    return new[:, :0]
+    return new[:, : t + 1]
 
 
 @torch.no_grad()
@@ -87,10 +87,11 @@ def continuations(model, tokenizer, ids: torch.Tensor, mask: torch.Tensor, max_n
                   done: Done | None = None) -> torch.Tensor:
     """Greedy new tokens after left-padded prompts, the pad token after each row's end of sequence or once
     `done` says the row has said enough."""
+    eos = _end_tokens(model, tokenizer)
     if is_mlx(model):
         from ..model.mlx.probes import greedy
-        return greedy(model, ids, mask, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, done)
-    return _greedy(model, ids, mask, max_new_tokens, _end_tokens(model, tokenizer), tokenizer.pad_token_id, done)
+        return greedy(model, ids, mask, max_new_tokens, eos, tokenizer.pad_token_id, done)
+    return _greedy(model, ids, mask, max_new_tokens, eos, tokenizer.pad_token_id, done)
 
 
 def _end_tokens(model, tokenizer) -> torch.Tensor:

@@ -19,17 +19,17 @@ def next_token_scores(model, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return to_torch(picked), torch.from_numpy(np.array(best).astype(np.int64))
 
 
-def greedy(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, eos: int, pad: int,
+def greedy(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, eos: torch.Tensor, pad: int,
            done=None) -> torch.Tensor:
-    """Greedy continuations (B, ≤ max_new_tokens) of left-padded prompts, `pad` after each row's end of
-    sequence (or once `done`, see eval/forward.py, says it may stop), stopping once every row has ended: what
+    """Greedy continuations (B, ≤ max_new_tokens) of left-padded prompts, `pad` after each row's end (any of
+    `eos`, or once `done`, see eval/forward.py, says it may stop), stopping once every row has ended: what
     transformers' generate returns."""
     cache = [BatchKVCache((mask == 0).sum(1).tolist()) for _ in model.layers]
     tokens, ended, out = to_mx(ids), np.zeros(len(ids), dtype=bool), []
     for _ in range(max_new_tokens):
         chosen = np.where(ended, pad, np.array(mx.argmax(model(tokens, cache=cache)[:, -1], axis=-1)))
         out.append(chosen)
-        ended |= chosen == eos
+        ended |= np.isin(chosen, eos.numpy())
         if done is not None:
             ended |= done(torch.from_numpy(np.stack(out, 1).astype(np.int64))).numpy()
         if ended.all():
