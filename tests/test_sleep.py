@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sleep_core import EditConfig, Fact, Memory, MemoryConfig
+from sleep_core.cycle.sleep import SleepReport, regression
 from sleep_core.eval import raw_recall
 
 DOG = Fact("my dog", "'s name is", "Biscuit", ("What is my dog's name?",))
@@ -40,6 +41,20 @@ def test_a_sleep_that_makes_perplexity_worse_is_rolled_back_bitwise(tiny_llama, 
     assert report.refreshed and not report.committed and report.reason.startswith("rolled back")
     assert all(torch.equal(before[l], memory.adapter.read_weight(l)) for l in before)
     memory.close()
+
+
+@pytest.mark.parametrize("after, verdict", [
+    ({"ppl_after": 10.0}, ""),
+    ({"ppl_after": 10.2}, "perplexity rose"),
+    ({"recall_after": 0.7, "chat_recall_after": 0.9}, "recall fell"),
+    ({"recall_after": 0.9, "chat_recall_after": 0.4}, "chat recall fell"),   # repaired completions, lost more answers
+    ({"recall_after": 0.8, "chat_recall_after": 0.55}, "chat recall fell"),
+    ({"recall_after": 0.9, "chat_recall_after": 0.55, "ppl_after": 10.05}, ""),  # repaired more than it lost
+])
+def test_a_sleep_is_rolled_back_when_perplexity_raw_or_chat_recall_got_worse(after, verdict):
+    measured = {"recall_before": 0.8, "recall_after": 0.8, "chat_recall_before": 0.6, "chat_recall_after": 0.6,
+                "ppl_before": 10.0, "ppl_after": 10.0, **after}
+    assert regression(SleepReport("sleep", "now", **measured), ppl_tolerance=0.01) == verdict
 
 
 def test_a_new_value_supersedes_the_old_one(tiny_llama, tokenizer, store_dir):

@@ -119,12 +119,10 @@ def _refresh_and_validate(memory, records, degraded, before: Audit, report: Slee
     report.recall_after, report.chat_recall_after = after.recall("raw"), after.recall("chat")
     report.timings["validate"] = time.perf_counter() - clock
     report.facts = _fact_rows(records, before, after)
-    worse_ppl = report.ppl_after > report.ppl_before * (1 + memory.config.ppl_tolerance)
-    worse_recall = report.recall_after < report.recall_before
-    if worse_ppl or worse_recall:
+    if worse := regression(report, memory.config.ppl_tolerance):
         ledger.restore(snapshot)
         report.consolidated = False
-        report.reason = "rolled back: " + ("perplexity rose" if worse_ppl else "recall fell")
+        report.reason = f"rolled back: {worse}"
         return before
     progress(Progress("commit", 0.9, "saving the new edits"))
     changed = ledger.snapshot() if report.consolidated else {i: ledger.columns[i] for i in refreshed}
@@ -134,6 +132,18 @@ def _refresh_and_validate(memory, records, degraded, before: Audit, report: Slee
         f"consolidated {len(records)} facts" if report.consolidated else "",
         f"refreshed {len(refreshed)} facts" if refreshed else "") if part) or "nothing to change"
     return after
+
+
+def regression(report: SleepReport, ppl_tolerance: float) -> str:
+    """Why the measured sleep must be rolled back, or "" to commit. Chat recall counts too, as it is what the user
+    meets and a refresh can repair completions at its cost; but a sleep that repairs more completions than it
+    costs chat answers is kept, or a store whose chat answers waver would never be repaired at all."""
+    if report.ppl_after > report.ppl_before * (1 + ppl_tolerance):
+        return "perplexity rose"
+    if report.recall_after < report.recall_before:
+        return "recall fell"
+    gained = report.recall_after - report.recall_before
+    return "chat recall fell" if report.chat_recall_after + gained < report.chat_recall_before else ""
 
 
 def _refresh(memory, records, degraded) -> list:

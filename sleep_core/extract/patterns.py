@@ -101,6 +101,8 @@ _HAVE = re.compile(rf"^I (?:have|have got|got|own) an? (?P<who>{RELATIVE})\b", r
 _NAME_QUESTIONS = ("What is {s}'s name?", "What's {s} called?")
 _LIVE_QUESTIONS = ("Where do I live?", "Which city do I live in?")
 _LIVED_QUESTIONS = ("How long have I lived here?",)
+# "Where did I live before?" reads like "Where do I live?" up to "live": the key sits on "before"
+_BEFORE_QUESTIONS = ("Where did I live before?", "Where did I live before moving here?")
 _WORK_QUESTIONS = ("What do I work as?", "What do I do for work?")
 
 # Facts the user states about themselves; subjects are fixed wordings.
@@ -114,13 +116,7 @@ USER_RULES = (
     _rule(rf"^I am (?P<o>{_NUMBER})(?: years? old| years of age)?$", "my age", "is", "What is my age?"),
     _rule(r"^I (?:live|reside|am living) in (?P<o>.+)", "I live", "in", *_LIVE_QUESTIONS),
     _rule(r"^I (?:have )?moved to (?P<o>.+?)(?: from .+)?$", "I live", "in", *_LIVE_QUESTIONS),
-    _rule(
-        r"^I (?:have )?moved (?:here |there |to .+? )?from (?P<o>.+)",
-        "I used to live",
-        "in",
-        "Where did I live before?",
-        "Where did I use to live?",
-    ),
+    _rule(r"^I (?:have )?moved (?:here |there |to .+? )?from (?P<o>.+)", "I lived before", "in", *_BEFORE_QUESTIONS),
     _rule(rf"^I (?:have )?moved\b.*? (?P<o>{DURATION}) ago$", "I have lived", "here for", *_LIVED_QUESTIONS),
     _rule(r"^I have (?:been )?liv(?:ed|ing) in (?P<o>.+)", "I live", "in", *_LIVE_QUESTIONS),
     _rule(
@@ -136,9 +132,7 @@ USER_RULES = (
         "Where am I from?",
         "Where do I come from?",
     ),
-    _rule(
-        r"^I used to live in (?P<o>.+)", "I used to live", "in", "Where did I live before?", "Where did I use to live?"
-    ),
+    _rule(r"^I used to live in (?P<o>.+)", "I lived before", "in", *_BEFORE_QUESTIONS),
     _rule(r"^I was born in (?P<o>\D+)$", "I was born", "in", "Where was I born?"),
     _rule(r"^I grew up in (?P<o>.+)", "I grew up", "in", "Where did I grow up?"),
     _rule(r"^I (?:work|am working) as (?P<o>.+)", "I work", "as", *_WORK_QUESTIONS),
@@ -171,12 +165,19 @@ USER_RULES = (
         "",
         "What do I {verb}?",
     ),
+    # the key sits on the verb: "What do I do for work?" ends on "work" as well
     _rule(
-        r"^at (?P<place>work|home|school),? I (?P<verb>write|use|speak|code in|program in|do|make) (?P<o>.+)",
-        "at {place}",
-        "I {verb}",
-        "What do I {verb} at {place}?",
+        r"^at (?P<place>work|home|school),? I (?:write|use|code in|program in|work with) (?P<o>.+)",
+        "at {place} I use",
+        "",
         "What do I use at {place}?",
+        "What tools do I use at {place}?",
+    ),
+    _rule(
+        r"^at (?P<place>work|home|school),? I (?P<verb>speak|do|make) (?P<o>.+)",
+        "at {place} I {verb}",
+        "",
+        "What do I {verb} at {place}?",
     ),
     _rule(
         rf"^I (?:have|have got|got|own) (?:an? )?(?P<who>{RELATIVE})(?: named| called|,) (?P<o>.+)",

@@ -29,7 +29,7 @@ def with_cache(module, cache) -> dict:
 
 def cache_of(out):
     """The key/value cache a forward returned, under either name."""
-    return out.get("cache", out.get("past_key_values"))
+    return out["cache"] if "cache" in out else out.get("past_key_values")    # no deprecated lookup when both exist
 
 
 def quant_method(config) -> str | None:
