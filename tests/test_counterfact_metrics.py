@@ -4,8 +4,9 @@ import json
 import pytest
 import torch
 
-from sleep_core.bench.counterfact import (counterfact_margins, counterfact_scores, load_records, split_prompt,
-                                          zsre_scores)
+from sleep_core import EditConfig, Memory, MemoryConfig
+from sleep_core.bench.counterfact import (counterfact_margins, counterfact_scores, load_records, occupancy,
+                                          split_prompt, zsre_scores)
 from sleep_core.eval import RAW_CONTEXT
 from sleep_core.paths import data_dir
 
@@ -98,3 +99,21 @@ def test_zsre_token_accuracy_matches_hand_computation(make_tiny, tokenizer, tmp_
         target, top = answer_top1(model, tokenizer, RAW_CONTEXT + r.rephrase, " " + r.target)
         assert scores["ps"][i] == pytest.approx(sum(a == b for a, b in zip(target, top)) / len(target))
     assert scores["ns"][1] == 1.0 and scores["ns"][0] == pytest.approx(1 - 1 / len(base[0]))
+
+
+def test_occupancy_is_the_edits_share_of_each_layers_output_on_general_text(make_tiny, tokenizer, store_dir, records):
+    memory = Memory.open(make_tiny(), tokenizer, MemoryConfig(store_dir=store_dir, auto_sleep=False,
+                                                                edit=EditConfig(cov_tokens=3000, v_steps=4)))
+    assert occupancy(memory) == [0.0] * len(memory.adapter.layers)
+    memory.inject_now([r.fact for r in records[:2]])
+    one = occupancy(memory)
+    memory.inject_now([r.fact for r in records[2:4]])
+    for layer, (first, now) in zip(memory.adapter.layers, zip(one, occupancy(memory))):
+        pristine = memory.ledger.pristine[layer].float()      # plain weights: the snapshot is the matrix
+        A, B = memory.ledger.factors(layer)
+        C = memory.priors()[layer].moment.double()
+        change, whole = (A @ B.T).double(), pristine.double()
+        assert now == pytest.approx(float(torch.trace(change @ C @ change.T) / torch.trace(whole @ C @ whole.T)),
+                                    rel=1e-4)
+        assert 0 < first < now < 1
+    memory.close()

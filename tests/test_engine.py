@@ -6,6 +6,7 @@ import torch
 from sleep_core import (EditConfig, Fact, Memory, MemoryConfig, StoreError, UnsupportedModelError,
                         WrongModelError)
 from sleep_core.editing import make_prior, solve
+from sleep_core.editing.solve import general_text_change
 from sleep_core.model import ModelAdapter
 
 FACTS = [Fact("Aria", "lives in", "Portland", ("Where does Aria live?",)),
@@ -170,6 +171,14 @@ def test_exact_solve_writes_the_residual_at_the_new_keys():
     K, R = torch.randn(16, 2), torch.randn(8, 2)
     A, B = solve(K, R, prior, torch.randn(16, 5), EditConfig(mode="constrained", null_energy=1.0, exact=True))
     assert torch.allclose(A @ B.T @ K, R, atol=1e-4)
+
+
+def test_general_text_change_is_the_mean_squared_change_of_the_output():
+    keys = torch.randn(500, 16) * torch.linspace(0.1, 2.0, 16)
+    prior = make_prior(keys.T @ keys / len(keys))
+    A, B = torch.randn(8, 3), torch.randn(16, 3)
+    measured = ((keys @ B @ A.T) ** 2).sum(1).mean().item()
+    assert general_text_change(A, B, prior) == pytest.approx(measured, rel=1e-5)
 
 
 def test_store_round_trips_in_a_new_memory(make_tiny, tokenizer, store_dir, strict_lock):

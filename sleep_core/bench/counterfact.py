@@ -11,6 +11,7 @@ import torch
 
 from ..assets.corpus import ensure_corpus
 from ..editing.hparams import MODES
+from ..editing.solve import general_text_change
 from ..eval import RAW_CONTEXT, chat_recall, perplexity, score_answers
 from ..eval.probes import _encode
 from ..facade import Memory
@@ -142,6 +143,23 @@ def mean(values: list) -> float:
     return sum(float(v) for v in values) / max(len(values), 1)
 
 
+def occupancy(memory: Memory) -> list[float]:
+    """Per edited layer, how much the stored edits change its output on general text, relative to the output
+    itself: ‖ΔW‖²_C / ‖W₀‖²_C, C the second moment of the layer's keys over the corpus. The capacity the edits
+    use up, which perplexity pays for. Plain (unquantized) weights only."""
+    out = []
+    for layer in memory.adapter.layers:
+        if (factors := memory.ledger.factors(layer)) is None:
+            out.append(0.0)
+            continue
+        A, B = factors
+        prior = memory.priors()[layer]
+        pristine = memory.adapter.as_matrix(memory.adapter.read_weight(layer)).double() - A.double() @ B.double().T
+        identity = torch.eye(pristine.shape[1], dtype=torch.float64)
+        out.append(general_text_change(A, B, prior) / general_text_change(pristine, identity, prior))
+    return out
+
+
 # the runner
 def evaluate(model, tokenizer, records, args, base_loc, heldout: str) -> tuple[dict, dict]:
     """Means over `records` and the per-record lists they came from."""
@@ -178,7 +196,8 @@ def run_mode(model, tokenizer, records, mode: str, args, store: Path, base: tupl
         if marks and done >= marks[0]:
             marks = [m for m in marks if m > done]
             figures, _ = evaluate(model, tokenizer, records[:done], args, base_loc[:done], heldout)
-            checkpoints.append({"edits": done, **figures, "seconds_per_edit_median": median(edit_seconds),
+            checkpoints.append({"edits": done, **figures, "occupancy": occupancy(memory),
+                                "seconds_per_edit_median": median(edit_seconds),
                                 "seconds_per_sleep_median": median(sleep_seconds),
                                 "base": {k: mean(v[:done]) for k, v in base_scores.items()}})
             log.info("%s: %s", mode, checkpoints[-1])

@@ -48,6 +48,13 @@ def make_prior(moment: torch.Tensor) -> LayerPrior:
     return LayerPrior(moment, values, vectors)
 
 
+def general_text_change(A: torch.Tensor, B: torch.Tensor, prior: LayerPrior) -> float:
+    """tr(ΔW C ΔWᵀ) for ΔW = A Bᵀ: the mean squared change of the layer's output on general text, the term λ
+    weighs in MEMIT's eq. 14 (with B = I, the mean squared output of a weight A itself)."""
+    A, B = A.double(), B.double()
+    return float(torch.trace((A.T @ A) @ (B.T @ prior.moment.double() @ B)))
+
+
 def _inverse_times(D: torch.Tensor, V: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """(diag(D) + V Vᵀ)⁻¹ X by Woodbury's identity: O(m r²) for r = V's columns instead of O(m³)."""
     if V.shape[1] >= V.shape[0] // 2:
