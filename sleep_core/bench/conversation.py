@@ -77,7 +77,8 @@ def conversation(model, tokenizer, store: Path, reload: Callable[[], object], gr
             "chat_recall_before": summary(before)[0], "chat_recall": recall, "chat_recall_after_restart":
             recall_restart, "forbidden_hits": hits, "forbidden_hits_after_restart": hits_restart,
             "facts_learned": sum(len(t["facts"]) for t in learned), "sleep": report.reason,
-            "sleep_seconds": report.seconds, "audit": report.facts, "turns": learned, "answers": after, "answers_after_restart": restarted}
+            "sleep_seconds": report.seconds, "audit": report.facts, "turns": learned, "answers": after,
+            "answers_after_restart": restarted}
 
 
 def plot(result: dict, target) -> None:

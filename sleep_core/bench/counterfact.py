@@ -147,17 +147,13 @@ def occupancy(memory: Memory) -> list[float]:
     """Per edited layer, how much the stored edits change its output on general text, relative to the output
     itself: ‖ΔW‖²_C / ‖W₀‖²_C, C the second moment of the layer's keys over the corpus. The capacity the edits
     use up, which perplexity pays for. Plain (unquantized) weights only."""
-    out = []
-    for layer in memory.adapter.layers:
+    def share(layer: int) -> float:
         if (factors := memory.ledger.factors(layer)) is None:
-            out.append(0.0)
-            continue
-        A, B = factors
-        prior = memory.priors()[layer]
-        pristine = memory.adapter.as_matrix(memory.adapter.read_weight(layer)).double() - A.double() @ B.double().T
-        identity = torch.eye(pristine.shape[1], dtype=torch.float64)
-        out.append(general_text_change(A, B, prior) / general_text_change(pristine, identity, prior))
-    return out
+            return 0.0
+        prior, pristine = memory.priors()[layer], memory.adapter.as_matrix(memory.ledger.pristine[layer])
+        identity = torch.eye(pristine.shape[1])
+        return general_text_change(*factors, prior) / general_text_change(pristine, identity, prior)
+    return [share(layer) for layer in memory.adapter.layers]
 
 
 # the runner
