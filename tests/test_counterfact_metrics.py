@@ -1,12 +1,14 @@
 """The CounterFact and zsRE metrics against probabilities computed by hand from a tiny model's logits."""
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from sleep_core import EditConfig, Memory, MemoryConfig
-from sleep_core.bench.counterfact import (counterfact_margins, counterfact_scores, load_records, occupancy,
-                                          split_prompt, zsre_scores)
+from sleep_core.bench import counterfact
+from sleep_core.bench.counterfact import (counterfact_margins, counterfact_scores, evaluate, load_records, occupancy,
+                                          run_mode, split_prompt, zsre_scores)
 from sleep_core.eval import RAW_CONTEXT
 from sleep_core.paths import data_dir
 
@@ -117,3 +119,23 @@ def test_occupancy_is_the_edits_share_of_each_layers_output_on_general_text(make
                                     rel=1e-4)
         assert 0 < first < now < 1
     memory.close()
+
+
+def test_a_run_reports_each_checkpoint_over_the_records_so_far_and_restores_the_weights(
+        make_tiny, tokenizer, tmp_path, records, monkeypatch):
+    monkeypatch.setattr(counterfact, "edit_settings", lambda args: EditConfig(cov_tokens=3000, v_steps=4))
+    model = make_tiny()
+    pristine = {name: t.clone() for name, t in model.state_dict().items()}
+    args = SimpleNamespace(batch=1, sleep_every=0, checkpoints=[2, 5], format="counterfact", bare=False)
+    heldout = "The river runs through the old town and into the sea. " * 40
+    base_loc = [None] * len(records)
+    base, base_scores = evaluate(model, tokenizer, records, args, base_loc, heldout)
+    run = run_mode(model, tokenizer, records, "constrained", args, tmp_path, (base_scores, base_loc, heldout))
+    first, last = run["checkpoints"]
+    assert (first["edits"], last["edits"]) == (2, 5)
+    assert first["base"]["es"] == pytest.approx(sum(base_scores["es"][:2]) / 2)
+    assert last["base"]["es"] == pytest.approx(base["es"])
+    assert 0 < sum(first["occupancy"]) < sum(last["occupancy"])
+    for c in run["checkpoints"]:
+        assert 0 < c["rss_mb"] <= c["peak_rss_mb"] and c["seconds_per_edit_median"] > 0
+    assert all(torch.equal(pristine[name], t) for name, t in model.state_dict().items())

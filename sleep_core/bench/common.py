@@ -147,6 +147,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def rss_mb() -> float:
+    """Resident memory now (Linux); elsewhere the peak so far."""
+    statm = Path("/proc/self/statm")
+    if not statm.exists():
+        return peak_rss_mb()
+    return int(statm.read_text().split()[1]) * resource.getpagesize() / 2 ** 20
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 

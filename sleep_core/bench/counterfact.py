@@ -17,7 +17,7 @@ from ..eval.probes import _encode
 from ..facade import Memory
 from ..memory.facts import Fact
 from ..paths import data_dir
-from .common import bench_config, edit_settings, emit, load_model, median, parser, peak_rss_mb, setup
+from .common import bench_config, edit_settings, emit, load_model, median, parser, peak_rss_mb, rss_mb, setup
 from .wake import PPL_TOKENS
 
 log = logging.getLogger(__name__)
@@ -191,10 +191,12 @@ def run_mode(model, tokenizer, records, mode: str, args, store: Path, base: tupl
             sleep_seconds.append(time.perf_counter() - clock)
         if marks and done >= marks[0]:
             marks = [m for m in marks if m > done]
+            held = rss_mb()     # what the edits hold, before the evaluation's own allocations
             figures, _ = evaluate(model, tokenizer, records[:done], args, base_loc[:done], heldout)
             checkpoints.append({"edits": done, **figures, "occupancy": occupancy(memory),
                                 "seconds_per_edit_median": median(edit_seconds),
                                 "seconds_per_sleep_median": median(sleep_seconds),
+                                "rss_mb": held, "peak_rss_mb": peak_rss_mb(),
                                 "base": {k: mean(v[:done]) for k, v in base_scores.items()}})
             log.info("%s: %s", mode, checkpoints[-1])
     memory.close(restore_weights=True)      # the next mode starts from the pristine weights
