@@ -96,7 +96,8 @@ def test_a_target_that_is_reached_stops_costing_steps(tiny_llama, tokenizer, mon
     layer = adapter.layers[-1] + 1
     exact = EditConfig(v_steps=1, v_bf16=False)      # float32 steps: regrouping changes nothing but the batches
     start = adapter.optimize_targets(build_batch(tokenizer, FACTS, exact), layer, exact).prob
-    cfg = EditConfig(v_steps=8, v_bf16=False, v_stop_prob=float(start.sort().values[-2:].mean()))   # one done at once
+    cfg = EditConfig(v_steps=8, v_bf16=False, v_stop_prob=float(start.sort().values[-2:].mean()),   # one done at once
+                     v_stop_token_prob=0.0)
     batch = build_batch(tokenizer, FACTS, cfg)
     prepared, prepare = [], values._prepare
     monkeypatch.setattr(values, "_prepare", lambda a, b, rows: prepared.append(len(rows)) or prepare(a, b, rows))
@@ -110,6 +111,22 @@ def test_a_target_that_is_reached_stops_costing_steps(tiny_llama, tokenizer, mon
     assert int(start.argmax()) == int(pruned.delta.norm(dim=1).argmin()) and pruned.delta.norm(dim=1).min() == 0
     assert torch.allclose(pruned.delta, kept.delta, atol=1e-6) and torch.equal(pruned.h0, kept.h0)
     assert torch.allclose(pruned.prob, kept.prob)
+
+
+def test_a_target_is_reached_only_when_every_object_token_is_likely(tokenizer):
+    from sleep_core.editing.prompts import build_batch
+    from sleep_core.editing.values import targets_reached
+    cfg = EditConfig(v_stop_prob=0.9, v_stop_token_prob=0.8)
+    batch = build_batch(tokenizer, FACTS, cfg)
+    token_fact = torch.tensor([0, 0, 1, 1, 2, 2])
+    token_nll = -torch.log(torch.tensor([0.99, 0.85, 0.99, 0.6, 0.95, 0.95]))
+    mean = torch.tensor([0.92, 0.95, 0.95])       # fact 1 averages well above 0.9 with one token at 0.6
+    assert targets_reached(mean, token_nll, token_fact, batch, cfg).tolist() == [True, False, True]
+    assert targets_reached(mean, token_nll, token_fact, batch, EditConfig(v_stop_token_prob=0.5)).all()
+    assert targets_reached(torch.tensor([0.85, 0.95, 0.95]), token_nll, token_fact, batch, cfg).tolist() == \
+        [False, False, True]
+    with pytest.raises(ValueError):
+        EditConfig(v_stop_token_prob=1.0)
 
 
 def test_bfloat16_steps_keep_h0_and_leave_the_model_as_they_found_it(tiny_llama, tokenizer):

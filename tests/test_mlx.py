@@ -151,7 +151,8 @@ def test_same_weights_give_the_same_measurements_in_both_backends(make_tiny, tok
     start = t.optimize_targets(batch, target, EditConfig(v_steps=1, v_bf16=False)).prob
     start = torch.ones(batch.n_targets).scatter_reduce(0, batch.fact_target, start, "amin")     # per target
     early = EditConfig(v_steps=6, v_bf16=False,
-                       v_stop_prob=float(start.sort().values[-2:].mean()))   # one target stops at once
+                       v_stop_prob=float(start.sort().values[-2:].mean()),   # one target stops at once
+                       v_stop_token_prob=0.0)
     expected, got = t.optimize_targets(batch, target, early), m.optimize_targets(batch, target, early)
     assert (expected.delta.norm(dim=1) == 0).sum() == 1 and torch.allclose(got.delta, expected.delta, atol=1e-6)
     assert torch.allclose(got.prob, expected.prob, rtol=1e-4)

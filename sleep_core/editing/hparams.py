@@ -11,6 +11,7 @@ class EditConfig:
     v_steps: int = 25
     v_step: float = 0.4                # Adam step as a fraction of the residual norm (lr = v_step*|h|/sqrt(d))
     v_stop_prob: float = 0.9           # stop once the object's per-token probability reaches this
+    v_stop_token_prob: float = 0.8     # and each of its tokens this, on every rewriting prompt (see values.py)
     kl_factor: float = 0.0625
     v_weight_decay: float = 0.5
     clamp_norm: float = 0.75           # |delta| <= clamp_norm * |h|
@@ -28,8 +29,8 @@ class EditConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
-        if not 0 < self.v_stop_prob < 1:
-            raise ValueError("v_stop_prob must lie in (0, 1)")
+        if not 0 < self.v_stop_prob < 1 or not 0 <= self.v_stop_token_prob < 1:
+            raise ValueError("v_stop_prob must lie in (0, 1) and v_stop_token_prob in [0, 1)")
 
     @property
     def seed(self) -> bool:

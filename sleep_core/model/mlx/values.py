@@ -20,7 +20,7 @@ from mlx_lm.models.cache import BatchKVCache
 
 from ...editing.hparams import EditConfig
 from ...editing.prompts import PromptBatch
-from ...editing.values import Targets, rows_to_regroup, split_at_subject, suffix_groups, targets_done
+from ...editing.values import Targets, rows_to_regroup, split_at_subject, suffix_groups, targets_reached
 from .capture import capture
 from .convert import to_mx, to_torch
 
@@ -49,6 +49,7 @@ class _Group:
     tokens: mx.array            # (A,) the object token predicted there
     kl: mx.array                # (k, 2) local (row, suffix position) of the last token of KL prompts
     nll_weight: mx.array        # (n, A) a fact's NLL = this @ token NLLs: mean over a row's tokens, then its rows
+    answer_fact: torch.Tensor   # (A,) the fact of each object token
     kl_fact: mx.array           # (n, k) 1 where a KL prompt belongs to the fact
     kl_rows: list[int]          # the batch rows of its KL prompts
 
@@ -79,7 +80,7 @@ def _prepare(adapter: MlxAdapter, batch: PromptBatch, rows: torch.Tensor, layer:
     kl_fact = torch.zeros(batch.n_facts, len(kl_rows))
     kl_fact[fact[kl_rows], torch.arange(len(kl_rows))] = 1.0
     return _Group(rows, to_mx(batch.target[rows]), h, upper, mask, to_mx(cut.answer), to_mx(cut.tokens),
-                  to_mx(cut.kl), to_mx(nll_weight), to_mx(kl_fact), rows[kl_rows].tolist())
+                  to_mx(cut.kl), to_mx(nll_weight), fact[answer_rows], to_mx(kl_fact), rows[kl_rows].tolist())
 
 
 def _run(adapter: MlxAdapter, g: _Group, layer: int, delta: mx.array) -> mx.array:
@@ -97,20 +98,21 @@ def _log_softmax(logits: mx.array) -> mx.array:
 
 def _losses(adapter: MlxAdapter, groups: list[_Group], layer: int, delta: mx.array, log_p0: list):
     """Per-fact object NLL and KL from the unedited next-token distribution of the KL prompts (`log_p0`, None at
-    the first step, where the delta is zero), and each group's KL log-probabilities."""
+    the first step, where the delta is zero), each group's KL log-probabilities, and every object token's NLL."""
     nll = kl = mx.zeros(groups[0].nll_weight.shape[0])
-    log_ps = []
+    log_ps, token_nll = [], []
     for g, p0 in zip(groups, log_p0):
         out = _run(adapter, g, layer, delta[g.target])
         logp = _log_softmax(adapter.head(out[g.answer[:, 0], g.answer[:, 1]]))
-        nll = nll + g.nll_weight @ -mx.take_along_axis(logp, g.tokens[:, None], axis=1)[:, 0]
+        token_nll.append(-mx.take_along_axis(logp, g.tokens[:, None], axis=1)[:, 0])
+        nll = nll + g.nll_weight @ token_nll[-1]
         log_p = mx.zeros((0,))
         if g.kl.shape[0]:
             log_p = _log_softmax(adapter.head(out[g.kl[:, 0], g.kl[:, 1]]))
             p0 = mx.stop_gradient(log_p) if p0 is None else p0
             kl = kl + g.kl_fact @ (mx.exp(p0) * (p0 - log_p)).sum(-1)
         log_ps.append(log_p)
-    return nll, kl, log_ps
+    return nll, kl, log_ps, mx.concatenate(token_nll)
 
 
 def optimize_targets(adapter: MlxAdapter, batch: PromptBatch, layer: int, cfg: EditConfig) -> Targets:
@@ -132,9 +134,9 @@ def optimize_targets(adapter: MlxAdapter, batch: PromptBatch, layer: int, cfg: E
     member = to_mx(F.one_hot(batch.fact_target, t).T.float())     # (t, n): which facts share each target
 
     def objective(delta: mx.array, log_p0: list):
-        nll, kl, log_ps = _losses(adapter, groups, layer, delta, log_p0)
+        nll, kl, log_ps, token_nll = _losses(adapter, groups, layer, delta, log_p0)
         loss = member @ (nll + cfg.kl_factor * kl) + cfg.v_weight_decay * (delta * delta).sum(1) / h_norm ** 2
-        return loss.sum(), nll, log_ps
+        return loss.sum(), nll, log_ps, token_nll
 
     loss_and_grad = mx.value_and_grad(objective)
     delta, reference = mx.zeros((t, d)), {}      # reference: unedited log-probabilities at each KL prompt's end
@@ -144,12 +146,13 @@ def optimize_targets(adapter: MlxAdapter, batch: PromptBatch, layer: int, cfg: E
             groups = [_prepare(adapter, batch, rows, layer, weights) for rows in suffix_groups(batch, live)]
             running = len(live)
         log_p0 = [mx.stack([reference[r] for r in g.kl_rows]) if reference and g.kl_rows else None for g in groups]
-        (_, nll, log_ps), grad = loss_and_grad(delta, log_p0)
+        (_, nll, log_ps, token_nll), grad = loss_and_grad(delta, log_p0)
         prob = np.where(~done[batch.fact_target.numpy()], np.array(mx.exp(-nll)), prob)  # the forward pass only
         if step == 1:
             for g, log_p in zip(groups, log_ps):
                 reference.update(zip(g.kl_rows, log_p))
-        done |= targets_done(torch.from_numpy(prob), batch, cfg.v_stop_prob).numpy()
+        done |= targets_reached(torch.from_numpy(prob), to_torch(token_nll),
+                                torch.cat([g.answer_fact for g in groups]), batch, cfg).numpy()
         if done.all() or step == cfg.v_steps:
             break
         # each target's loss depends on its own delta only, so masking its gradient drops it from the sum
