@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from sleep_core import EditConfig
-from sleep_core.bench import capacity, convergence, conversation, longevity
+from sleep_core.bench import capacity, convergence, conversation, longevity, wake
 from sleep_core.bench.common import seed_pool
+from sleep_core.eval import HELDOUT_CONTEXTS, RAW_CONTEXT
 
 EDIT = EditConfig(cov_tokens=3000, v_steps=4)
 PPL = 256      # held-out tokens per perplexity check: the tiny model's 49k-word output layer dominates
@@ -29,6 +30,17 @@ def test_capacity(make_tiny, tokenizer, tmp_path):
         assert all(fraction(p["recall_raw"]) for p in curve)
         assert result["holds"][mode] in (0, 1, 2, 3)
     assert drawn(capacity, result, tmp_path)
+
+
+def test_wake_reports_recall_under_each_held_out_lead_in(make_tiny, tokenizer, tmp_path):
+    facts = seed_pool(4, 0)
+    text = " ".join(f"{f.prompt} {f.object}." for f in facts) * 20
+    result = wake.run_mode(make_tiny(), tokenizer, facts[:2], "constrained", tmp_path, text, facts[2:], edit=EDIT)
+    contexts = result["recall_raw_contexts"]
+    assert list(contexts) == list(HELDOUT_CONTEXTS) and all(map(fraction, contexts.values()))
+    assert contexts[RAW_CONTEXT] == result["recall_raw"] == result["curve"][-1]["recall_raw"]
+    assert [p["facts"] for p in result["curve"]] == [1, 2] and len(result["inject_seconds"]) == 2
+    assert result["ppl_drift"] == pytest.approx(result["ppl_after"] / result["ppl_before"] - 1)
 
 
 def test_convergence(make_tiny, tokenizer, tmp_path):

@@ -113,6 +113,22 @@ def test_a_target_that_is_reached_stops_costing_steps(tiny_llama, tokenizer, mon
     assert torch.allclose(pruned.prob, kept.prob)
 
 
+def test_a_key_gives_chat_questions_their_share(tokenizer):
+    from sleep_core.editing.keys import per_fact_mean
+    from sleep_core.editing.prompts import build_batch
+    facts = [FACTS[0], Fact("Kaito", "works as", "cartographer", ())]        # Kaito has no chat question
+    batch = build_batch(tokenizer, facts, EditConfig(prefixes=("", "Note: ", "I heard that "), chat_questions=1))
+    assert batch.chat.tolist() == [False] * 3 + [True] + [False] + [False] * 3 + [False]     # KL rows last per fact
+    rows = torch.stack([batch.chat.float(), torch.arange(len(batch.fact)).float()], 1)
+    half = per_fact_mean(rows, batch, 0.5)
+    assert half[:, 0].tolist() == [0.5, 0.0]        # three raw prompts hold half of Aria's key, one question half
+    assert half[0, 1].item() == pytest.approx((0 + 1 + 2) / 6 + 3 / 2)
+    assert half[1, 1].item() == pytest.approx((5 + 6 + 7) / 3)      # raw prompts only: their plain mean
+    plain = per_fact_mean(rows, batch, None)
+    assert plain[:, 0].tolist() == [0.25, 0.0] and plain[0, 1].item() == pytest.approx((0 + 1 + 2 + 3) / 4)
+    assert per_fact_mean(rows, batch, 0.2)[0, 0].item() == pytest.approx(0.2)
+
+
 def test_a_target_is_reached_only_when_every_object_token_is_likely(tokenizer):
     from sleep_core.editing.prompts import build_batch
     from sleep_core.editing.values import targets_reached

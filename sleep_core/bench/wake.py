@@ -3,7 +3,7 @@ import logging
 import time
 
 from ..editing.hparams import MODES, EditConfig
-from ..eval import chat_recall, greedy_tokens, perplexity, raw_recall, specificity
+from ..eval import HELDOUT_CONTEXTS, chat_recall, greedy_tokens, perplexity, raw_recall, specificity
 from ..facade import Memory
 from ..assets.corpus import ensure_corpus
 from ..model.weights import QUANTIZED_EDITS
@@ -34,6 +34,8 @@ def run_mode(model, tokenizer, facts, mode: str, store, heldout: str, others,
         "recall_raw": curve[-1]["recall_raw"],
         "recall_chat": sum(chat_recall(model, tokenizer, facts)) / len(facts),
         "recall_raw_bare": sum(raw_recall(model, tokenizer, facts, context="")) / len(facts),
+        "recall_raw_contexts": {c: sum(raw_recall(model, tokenizer, facts, context=c)) / len(facts)
+                                for c in HELDOUT_CONTEXTS},
         "specificity": still_known(model, tokenizer, known), "known_facts": len(known),
         "specificity_lenient": still_known(model, tokenizer, known, lenient=True),
         # stricter and noisier: the first three greedy tokens after known-fact prompts and other people's facts

@@ -23,8 +23,8 @@ def compute_edits(adapter: Adapter, tokenizer, facts: list[Fact], cfg: EditConfi
     a, b, k = {}, {}, {}
     for i, layer in enumerate(layers):
         keys, h = adapter.measure(batch, layer, layers[-1])
-        K = per_fact_mean(keys, batch).T                           # (d_in, n)
-        R = per_fact_mean(goal - h, batch).T / (len(layers) - i)   # (d_out, n), MEMIT's spread over layers
+        K = per_fact_mean(keys, batch, cfg.key_chat_share).T                           # (d_in, n)
+        R = per_fact_mean(goal - h, batch, cfg.key_chat_share).T / (len(layers) - i)   # (d_out, n), MEMIT's spread over layers
         A, B = solve(K, R, priors[layer], stored.get(layer, K[:, :0]), cfg)
         adapter.add_update(layer, A, B)
         a[layer], b[layer], k[layer] = A, B, K

@@ -36,6 +36,7 @@ class PromptBatch:
     answer_mask: torch.Tensor      # (P, T) True where the token is part of the object
     n_facts: int
     fact_target: torch.Tensor      # (n,) each fact's target delta: facts about one subject share one
+    chat: torch.Tensor             # (P,) bool: a chat-template question rather than a raw prompt
 
     @property
     def target(self) -> torch.Tensor:
@@ -136,4 +137,4 @@ def build_batch(tokenizer, facts: list[Fact], cfg: EditConfig, with_kl: bool = T
         subject_pos = last_pos
     return PromptBatch(ids, mask, torch.tensor(subject_pos), torch.tensor(last_pos),
                        torch.tensor([s.fact for s in segs]), torch.tensor([s.rewrite for s in segs]),
-                       answer, len(facts), torch.tensor(targets))
+                       answer, len(facts), torch.tensor(targets), torch.tensor([s.templated for s in segs]))

@@ -14,6 +14,9 @@ from .forward import continuations, next_token_scores
 # no chat ever puts the subject there. Raw probes therefore read the prompt after a neutral lead-in that
 # editing never uses; benchmarks report the bare-prompt figure beside it.
 RAW_CONTEXT = "By the way, "
+# Further lead-ins that editing never uses, to show that an edit carries to contexts it was not written in
+# (ROME's k* is a mean over contexts, eq. 3); `RAW_CONTEXT` turned out the hardest of them.
+HELDOUT_CONTEXTS = (RAW_CONTEXT, "Fun fact: ", "As far as I know, ", "Yesterday I learned that ")
 
 
 @dataclass
