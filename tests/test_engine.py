@@ -114,19 +114,32 @@ def test_a_target_that_is_reached_stops_costing_steps(tiny_llama, tokenizer, mon
 
 
 def test_a_key_gives_chat_questions_their_share(tokenizer):
-    from sleep_core.editing.keys import per_fact_mean
+    from sleep_core.editing.keys import chat_shares, per_fact_mean
     from sleep_core.editing.prompts import build_batch
     facts = [FACTS[0], Fact("Kaito", "works as", "cartographer", ())]        # Kaito has no chat question
-    batch = build_batch(tokenizer, facts, EditConfig(prefixes=("", "Note: ", "I heard that "), chat_questions=1))
+    cfg = EditConfig(prefixes=("", "Note: ", "I heard that "), chat_questions=1, key_chat_share=0.5)
+    batch = build_batch(tokenizer, facts, cfg)
     assert batch.chat.tolist() == [False] * 3 + [True] + [False] + [False] * 3 + [False]     # KL rows last per fact
     rows = torch.stack([batch.chat.float(), torch.arange(len(batch.fact)).float()], 1)
-    half = per_fact_mean(rows, batch, 0.5)
+    half = per_fact_mean(rows, batch, chat_shares(batch, cfg))
     assert half[:, 0].tolist() == [0.5, 0.0]        # three raw prompts hold half of Aria's key, one question half
     assert half[0, 1].item() == pytest.approx((0 + 1 + 2) / 6 + 3 / 2)
     assert half[1, 1].item() == pytest.approx((5 + 6 + 7) / 3)      # raw prompts only: their plain mean
-    plain = per_fact_mean(rows, batch, None)
+    plain = per_fact_mean(rows, batch, chat_shares(batch, EditConfig()))
     assert plain[:, 0].tolist() == [0.25, 0.0] and plain[0, 1].item() == pytest.approx((0 + 1 + 2 + 3) / 4)
-    assert per_fact_mean(rows, batch, 0.2)[0, 0].item() == pytest.approx(0.2)
+    assert torch.equal(plain, per_fact_mean(rows, batch))
+    assert per_fact_mean(rows, batch, torch.tensor([0.2, 0.2]))[0, 0].item() == pytest.approx(0.2)
+
+
+def test_only_a_subject_that_carries_several_facts_gets_the_shared_share(tokenizer):
+    from sleep_core.editing.keys import chat_shares
+    from sleep_core.editing.prompts import build_batch
+    batch = build_batch(tokenizer, [SON[0], FACTS[0], SON[1]], EditConfig())
+    shares = chat_shares(batch, EditConfig(shared_key_chat_share=0.5))
+    assert shares[[0, 2]].tolist() == [0.5, 0.5] and shares[1].isnan()      # Aria stands alone: a plain mean
+    both = chat_shares(batch, EditConfig(key_chat_share=0.3, shared_key_chat_share=0.5))
+    assert both.tolist() == pytest.approx([0.5, 0.3, 0.5])
+    assert chat_shares(batch, EditConfig(key_chat_share=0.3)).tolist() == pytest.approx([0.3] * 3)
 
 
 def test_a_target_is_reached_only_when_every_object_token_is_likely(tokenizer):

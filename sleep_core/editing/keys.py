@@ -3,24 +3,33 @@ import torch
 
 from ..model.adapter import ModelAdapter
 from ..model.trace import capture, run_until_stop
+from .hparams import EditConfig
 from .prompts import PromptBatch
 
 
-def per_fact_mean(rows: torch.Tensor, batch: PromptBatch, chat_share: float | None = None) -> torch.Tensor:
-    """Average per-prompt rows (P, d) of the rewriting prompts into per-fact rows (n, d). With `chat_share`, a
-    fact that has both kinds gives its chat questions that share of the weight and its raw prompts the rest, so
-    that more raw contexts do not pull the key away from the position a chat question reads (README, "Wake")."""
-    if chat_share is None:
-        kinds, shares = (batch.rewrite,), (torch.ones(batch.n_facts),)
-    else:
-        kinds = (batch.rewrite & ~batch.chat, batch.rewrite & batch.chat)
-    counts = [torch.bincount(batch.fact[kind], minlength=batch.n_facts).float() for kind in kinds]
-    if chat_share is not None:
-        both = (counts[0] > 0) & (counts[1] > 0)
-        shares = (torch.where(both, 1 - chat_share, 1.0), torch.where(both, chat_share, 1.0))
+def chat_shares(batch: PromptBatch, cfg: EditConfig) -> torch.Tensor:
+    """Each fact's chat questions' share of its key, NaN for a plain mean over its prompts: `key_chat_share` for
+    every fact, `shared_key_chat_share` for a fact whose subject carries others (README, "Wake")."""
+    per_target = torch.bincount(batch.fact_target, minlength=batch.n_targets)
+    shared = per_target[batch.fact_target] > 1
+    alone = float("nan") if cfg.key_chat_share is None else cfg.key_chat_share
+    together = alone if cfg.shared_key_chat_share is None else cfg.shared_key_chat_share
+    return torch.where(shared, torch.tensor(together), torch.tensor(alone))
+
+
+def per_fact_mean(rows: torch.Tensor, batch: PromptBatch, share: torch.Tensor | None = None) -> torch.Tensor:
+    """Average per-prompt rows (P, d) of the rewriting prompts into per-fact rows (n, d). A fact with a `share`
+    that has both kinds of prompt gives its chat questions that share of the weight and its raw prompts the
+    rest, so that many raw contexts do not pull the key away from the position a chat question reads."""
+    raw, chat = batch.rewrite & ~batch.chat, batch.rewrite & batch.chat
+    n_raw, n_chat = (torch.bincount(batch.fact[kind], minlength=batch.n_facts).float() for kind in (raw, chat))
+    if share is None:
+        share = torch.full((batch.n_facts,), float("nan"))
+    split = ~share.isnan() & (n_raw > 0) & (n_chat > 0)
+    plain = 1 / (n_raw + n_chat).clamp(min=1)
     weight = torch.zeros(len(batch.fact))
-    for kind, count, share in zip(kinds, counts, shares):
-        weight[kind] = (share / count.clamp(min=1))[batch.fact[kind]]
+    weight[raw] = torch.where(split, (1 - share) / n_raw.clamp(min=1), plain)[batch.fact[raw]]
+    weight[chat] = torch.where(split, share / n_chat.clamp(min=1), plain)[batch.fact[chat]]
     total = torch.zeros(batch.n_facts, rows.shape[1], dtype=rows.dtype)
     return total.index_add_(0, batch.fact, rows * weight.to(rows.dtype).unsqueeze(1))
 

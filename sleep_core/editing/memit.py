@@ -5,7 +5,7 @@ import torch
 from ..memory.facts import Fact, FactEdit
 from ..model.backend import Adapter
 from .hparams import EditConfig
-from .keys import per_fact_mean
+from .keys import chat_shares, per_fact_mean
 from .prompts import build_batch
 from .solve import LayerPrior, solve
 
@@ -20,14 +20,16 @@ def compute_edits(adapter: Adapter, tokenizer, facts: list[Fact], cfg: EditConfi
     batch = build_batch(tokenizer, facts, cfg)
     targets = adapter.optimize_targets(batch, layers[-1], cfg)
     goal = targets.h0 + targets.delta[batch.target]                # (P, d) z per prompt
+    share = chat_shares(batch, cfg)
     a, b, k = {}, {}, {}
     for i, layer in enumerate(layers):
         keys, h = adapter.measure(batch, layer, layers[-1])
-        K = per_fact_mean(keys, batch, cfg.key_chat_share).T                           # (d_in, n)
-        R = per_fact_mean(goal - h, batch, cfg.key_chat_share).T / (len(layers) - i)   # (d_out, n), MEMIT's spread over layers
+        K = per_fact_mean(keys, batch, share).T                             # (d_in, n)
+        R = per_fact_mean(goal - h, batch, share).T / (len(layers) - i)     # (d_out, n), MEMIT's spread over layers
         A, B = solve(K, R, priors[layer], stored.get(layer, K[:, :0]), cfg)
         adapter.add_update(layer, A, B)
         a[layer], b[layer], k[layer] = A, B, K
     return [FactEdit({l: a[l][:, j] for l in layers}, {l: b[l][:, j] for l in layers},
                      {l: k[l][:, j] for l in layers}, targets.delta[t], float(targets.prob[j]))
             for j, t in enumerate(batch.fact_target.tolist())]
+
