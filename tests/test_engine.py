@@ -142,6 +142,40 @@ def test_only_a_subject_that_carries_several_facts_gets_the_shared_share(tokeniz
     assert chat_shares(batch, EditConfig(key_chat_share=0.3)).tolist() == pytest.approx([0.3] * 3)
 
 
+def test_split_keys_give_raw_prompts_and_chat_questions_a_key_each(tokenizer):
+    from sleep_core.editing.keys import chat_shares, key_columns
+    from sleep_core.editing.prompts import build_batch
+    facts = [FACTS[0], Fact("Kaito", "works as", "cartographer", ())]        # Kaito has no chat question
+    cfg = EditConfig(prefixes=("", "Note: ", "I heard that "), chat_questions=1, split_keys=True)
+    batch = build_batch(tokenizer, facts, cfg)
+    rows = torch.stack([batch.chat.float(), torch.arange(len(batch.fact)).float()], 1)
+    K, owner = key_columns(rows, batch, chat_shares(batch, cfg), cfg)
+    assert owner.tolist() == [0, 1, 0]
+    s = 0.5 ** 0.5                                                            # Aria's two columns weigh as one
+    assert K[:, 0].tolist() == pytest.approx([0.0, s * (0 + 1 + 2) / 3])
+    assert K[:, 2].tolist() == pytest.approx([s, s * 3])
+    assert K[:, 1].tolist() == pytest.approx([0.0, (5 + 6 + 7) / 3])        # one kind of prompt: one plain column
+    mean = EditConfig(prefixes=cfg.prefixes, split_keys=False)
+    single, one_each = key_columns(rows, batch, chat_shares(batch, mean), mean)
+    assert one_each.tolist() == [0, 1] and single[1, 0].item() == pytest.approx((0 + 1 + 2 + 3) / 4)
+
+
+def test_a_fact_with_two_key_columns_is_written_at_both_with_one_column_of_dw():
+    from sleep_core.editing.solve import solve_facts
+    _, prior = _spectrum()
+    cfg = EditConfig(mode="constrained", null_energy=1.0, exact=True)
+    keys, R, owner = torch.randn(16, 3), torch.randn(8, 2), torch.tensor([0, 1, 0])
+    scale = torch.tensor([0.5 ** 0.5, 1.0, 0.5 ** 0.5])
+    A, B = solve_facts(keys * scale, owner, R, prior, torch.randn(16, 4), cfg)
+    assert A.shape == (8, 2) and B.shape == (16, 2)                           # rank one per fact
+    assert torch.allclose(A @ B.T @ keys, R[:, owner], atol=1e-4)            # fact 0's residual at both its keys
+    mean = torch.stack([(keys[:, 0] + keys[:, 2]) / 2, keys[:, 1]], 1)     # one mean key cannot write both
+    A1, B1 = solve(mean, R, prior, torch.randn(16, 4), cfg)
+    assert not torch.allclose(A1 @ B1.T @ keys[:, [0, 2]], R[:, [0, 0]], atol=1e-2)
+    one = solve_facts(keys[:, :2], torch.arange(2), R, prior, torch.zeros(16, 0), cfg)
+    assert all(torch.equal(x, y) for x, y in zip(one, solve(keys[:, :2], R, prior, torch.zeros(16, 0), cfg)))
+
+
 def test_a_target_is_reached_only_when_every_object_token_is_likely(tokenizer):
     from sleep_core.editing.prompts import build_batch
     from sleep_core.editing.values import targets_reached
@@ -235,6 +269,27 @@ def test_store_round_trips_in_a_new_memory(make_tiny, tokenizer, store_dir, stri
     again = _open(make_tiny(), tokenizer, store_dir, strict_lock)
     assert all(torch.equal(edited[l], again.adapter.read_weight(l)) for l in edited)
     assert [r.object for r in again.facts()] == [f.object for f in FACTS]
+    again.close()
+
+
+def test_split_keys_are_stored_protected_and_consolidated_at_both_keys(make_tiny, tokenizer, store_dir, strict_lock):
+    from sleep_core.editing.consolidate import consolidate
+    config = MemoryConfig(store_dir=store_dir, edit=EditConfig(cov_tokens=3000, v_steps=4, split_keys=True))
+    memory = Memory.open(make_tiny(), tokenizer, config, weight_lock=strict_lock)
+    memory.inject_now(FACTS)
+    layers, edited = memory.adapter.layers, _weights(memory)
+    kept = {l: memory.ledger.keys(l) for l in layers}
+    assert all(k.shape[1] == 2 * len(FACTS) for k in kept.values())      # every fact has raw and chat prompts
+    memory.close()
+    again = Memory.open(make_tiny(), tokenizer, config, weight_lock=strict_lock)
+    assert all(torch.equal(edited[l], again.adapter.read_weight(l)) for l in layers)
+    assert all(torch.equal(kept[l], again.ledger.keys(l)) for l in layers)
+    joint = consolidate(again.ledger.snapshot(), again.priors(), config.edit)
+    for layer in layers:
+        dW = sum(torch.outer(e.a[layer], e.b[layer]) for e in joint.values())
+        for e in joint.values():     # EMMET: each fact's own share written exactly at each of its keys (kept at 1/√2)
+            expected = e.a[layer].unsqueeze(1).expand(-1, 2) * 0.5 ** 0.5
+            assert torch.allclose(dW @ e.keys(layer), expected, atol=1e-4 * expected.abs().max().item())
     again.close()
 
 

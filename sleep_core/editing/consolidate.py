@@ -12,7 +12,7 @@ import torch
 
 from ..memory.facts import FactEdit
 from .hparams import EditConfig
-from .solve import LayerPrior, solve
+from .solve import LayerPrior, solve_facts
 
 
 def consolidate(edits: dict[int, FactEdit], priors: dict[int, LayerPrior], cfg: EditConfig) -> dict[int, FactEdit]:
@@ -21,8 +21,9 @@ def consolidate(edits: dict[int, FactEdit], priors: dict[int, LayerPrior], cfg: 
     joint = replace(cfg, mode="constrained", exact=True, preserve_rel=0.0)
     b: dict[int, torch.Tensor] = {}
     for layer, prior in priors.items():
-        K = torch.stack([edits[i].k[layer] for i in ids], 1)
-        A = torch.stack([edits[i].a[layer] for i in ids], 1)
-        b[layer] = solve(K, A, prior, K[:, :0], joint)[1]
+        keys = [edits[i].keys(layer) for i in ids]
+        owner = torch.repeat_interleave(torch.arange(len(ids)), torch.tensor([k.shape[1] for k in keys]))
+        K, A = torch.cat(keys, 1), torch.stack([edits[i].a[layer] for i in ids], 1)
+        b[layer] = solve_facts(K, owner, A, prior, K[:, :0], joint)[1]
     return {i: FactEdit(edits[i].a, {l: b[l][:, j] for l in b}, edits[i].k, edits[i].delta, edits[i].prob)
             for j, i in enumerate(ids)}

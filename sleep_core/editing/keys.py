@@ -34,6 +34,25 @@ def per_fact_mean(rows: torch.Tensor, batch: PromptBatch, share: torch.Tensor | 
     return total.index_add_(0, batch.fact, rows * weight.to(rows.dtype).unsqueeze(1))
 
 
+def key_columns(rows: torch.Tensor, batch: PromptBatch, share: torch.Tensor, cfg: EditConfig
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-fact key columns (d_in, c) and the fact each column belongs to (c,).
+
+    One column per fact: the mean of `per_fact_mean`. With `cfg.split_keys`, a fact that has raw prompts and chat
+    questions gets two, their separate means, each scaled by 1/√2 so that the fact weighs in the solve as one
+    key does: raw completions and chat answers read the subject at positions whose keys differ (README, "Wake"),
+    and one mean key serves neither fully."""
+    n = batch.n_facts
+    if not cfg.split_keys:
+        return per_fact_mean(rows, batch, share).T, torch.arange(n)
+    raw = per_fact_mean(rows, batch, torch.zeros(n))                  # facts with one kind: their plain mean
+    chat = per_fact_mean(rows, batch, torch.ones(n))
+    kinds = [torch.bincount(batch.fact[batch.rewrite & (batch.chat == c)], minlength=n) > 0 for c in (False, True)]
+    both = kinds[0] & kinds[1]
+    scale = torch.where(both, 0.5 ** 0.5, 1.0).to(rows.dtype).unsqueeze(1)
+    return torch.cat([raw * scale, chat[both] * scale[both]]).T, torch.cat([torch.arange(n), torch.arange(n)[both]])
+
+
 @torch.no_grad()
 def measure(adapter: ModelAdapter, batch: PromptBatch, layer: int, target_layer: int
             ) -> tuple[torch.Tensor, torch.Tensor]:

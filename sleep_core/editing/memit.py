@@ -5,9 +5,9 @@ import torch
 from ..memory.facts import Fact, FactEdit
 from ..model.backend import Adapter
 from .hparams import EditConfig
-from .keys import chat_shares, per_fact_mean
+from .keys import chat_shares, key_columns, per_fact_mean
 from .prompts import build_batch
-from .solve import LayerPrior, solve
+from .solve import LayerPrior, solve_facts
 
 
 def compute_edits(adapter: Adapter, tokenizer, facts: list[Fact], cfg: EditConfig,
@@ -24,12 +24,12 @@ def compute_edits(adapter: Adapter, tokenizer, facts: list[Fact], cfg: EditConfi
     a, b, k = {}, {}, {}
     for i, layer in enumerate(layers):
         keys, h = adapter.measure(batch, layer, layers[-1])
-        K = per_fact_mean(keys, batch, share).T                             # (d_in, n)
+        K, owner = key_columns(keys, batch, share, cfg)                     # (d_in, c), c >= n
         R = per_fact_mean(goal - h, batch, share).T / (len(layers) - i)     # (d_out, n), MEMIT's spread over layers
-        A, B = solve(K, R, priors[layer], stored.get(layer, K[:, :0]), cfg)
+        A, B = solve_facts(K, owner, R, priors[layer], stored.get(layer, K[:, :0]), cfg)
         adapter.add_update(layer, A, B)
         a[layer], b[layer], k[layer] = A, B, K
     return [FactEdit({l: a[l][:, j] for l in layers}, {l: b[l][:, j] for l in layers},
-                     {l: k[l][:, j] for l in layers}, targets.delta[t], float(targets.prob[j]))
+                     {l: k[l][:, owner == j].squeeze(1) for l in layers}, targets.delta[t], float(targets.prob[j]))
             for j, t in enumerate(batch.fact_target.tolist())]
 

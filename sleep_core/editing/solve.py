@@ -88,3 +88,13 @@ def solve(K: torch.Tensor, R: torch.Tensor, prior: LayerPrior, stored: torch.Ten
     if not torch.isfinite(B).all():
         raise FloatingPointError("the solve produced non-finite factors; nothing was written")
     return R.float(), B.float()
+
+
+def solve_facts(K: torch.Tensor, owner: torch.Tensor, R: torch.Tensor, prior: LayerPrior, stored: torch.Tensor,
+                cfg: EditConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """`solve` for facts with one or more key columns: K (d_in, c) columns scaled by 1/√(their fact's count),
+    owner (c,) their facts, R (d_out, n) one residual per fact. Every column of a fact asks for its residual,
+    and the columns' factors fold into one, so ΔW stays one column per fact: ΔW = Σ_j r_j (Σ_c s_c b_c)ᵀ."""
+    scale = torch.bincount(owner, minlength=R.shape[1])[owner].double().rsqrt().float()
+    _, B = solve(K, R[:, owner] * scale, prior, stored, cfg)
+    return R.float(), torch.zeros(K.shape[0], R.shape[1]).index_add_(1, owner, B * scale)

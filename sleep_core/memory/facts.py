@@ -44,9 +44,13 @@ def about(records: list, subjects: set[str]) -> list:
 
 @dataclass
 class FactEdit:
-    """One fact's share of an update: per layer a column a (d_out), b (d_in) of ΔW = Σ a bᵀ, and its key."""
+    """One fact's share of an update: per layer a column a (d_out), b (d_in) of ΔW = Σ a bᵀ, and its keys."""
     a: dict[int, torch.Tensor]
     b: dict[int, torch.Tensor]
     k: dict[int, torch.Tensor]
     delta: torch.Tensor         # (d,) target residual change at the last edited layer
     prob: float                 # object probability the target reached
+
+    def keys(self, layer: int) -> torch.Tensor:
+        """The fact's key columns at `layer`, (d_in, c): one, or two with split keys (editing/keys.py)."""
+        return self.k[layer].reshape(len(self.k[layer]), -1)

@@ -52,7 +52,7 @@ class WeightLedger:
         ids = sorted(self.columns)
         if not ids:
             return torch.zeros(self.adapter.d_in, 0)
-        return torch.stack([self.columns[i].k[layer] for i in ids], 1)
+        return torch.cat([self.columns[i].keys(layer) for i in ids], 1)
 
     @contextmanager
     def pristine_weights(self) -> Iterator[None]:
