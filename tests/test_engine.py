@@ -272,24 +272,17 @@ def test_store_round_trips_in_a_new_memory(make_tiny, tokenizer, store_dir, stri
     again.close()
 
 
-def test_split_keys_are_stored_protected_and_consolidated_at_both_keys(make_tiny, tokenizer, store_dir, strict_lock):
-    from sleep_core.editing.consolidate import consolidate
+def test_split_keys_are_stored_and_protected(make_tiny, tokenizer, store_dir, strict_lock):
     config = MemoryConfig(store_dir=store_dir, edit=EditConfig(cov_tokens=3000, v_steps=4, split_keys=True))
     memory = Memory.open(make_tiny(), tokenizer, config, weight_lock=strict_lock)
     memory.inject_now(FACTS)
     layers, edited = memory.adapter.layers, _weights(memory)
-    kept = {l: memory.ledger.keys(l) for l in layers}
+    kept = {l: memory.ledger.keys(l) for l in layers}      # what the next constrained update preserves
     assert all(k.shape[1] == 2 * len(FACTS) for k in kept.values())      # every fact has raw and chat prompts
     memory.close()
     again = Memory.open(make_tiny(), tokenizer, config, weight_lock=strict_lock)
     assert all(torch.equal(edited[l], again.adapter.read_weight(l)) for l in layers)
     assert all(torch.equal(kept[l], again.ledger.keys(l)) for l in layers)
-    joint = consolidate(again.ledger.snapshot(), again.priors(), config.edit)
-    for layer in layers:
-        dW = sum(torch.outer(e.a[layer], e.b[layer]) for e in joint.values())
-        for e in joint.values():     # EMMET: each fact's own share written exactly at each of its keys (kept at 1/√2)
-            expected = e.a[layer].unsqueeze(1).expand(-1, 2) * 0.5 ** 0.5
-            assert torch.allclose(dW @ e.keys(layer), expected, atol=1e-4 * expected.abs().max().item())
     again.close()
 
 

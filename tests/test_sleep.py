@@ -124,5 +124,8 @@ def test_consolidation_writes_each_facts_share_exactly_at_its_own_key(tiny_llama
     for layer in memory.adapter.layers:
         update = sum(torch.outer(e.a[layer], e.b[layer]) for e in joint.values())
         for edit in joint.values():      # no crosstalk left: each key gets its own fact's share and nothing else
-            assert torch.allclose(update @ edit.k[layer], edit.a[layer], rtol=1e-3, atol=1e-4)
+            keys = edit.keys(layer)      # split keys: two per fact, each kept at 1/√2
+            assert keys.shape[1] == 2
+            share = edit.a[layer].unsqueeze(1).expand(-1, 2) * 0.5 ** 0.5
+            assert torch.allclose(update @ keys, share, rtol=1e-3, atol=1e-4)
     memory.close()
