@@ -17,12 +17,18 @@ def chat_shares(batch: PromptBatch, cfg: EditConfig) -> torch.Tensor:
     return torch.where(shared, torch.tensor(together), torch.tensor(alone))
 
 
+def _kind_counts(batch: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each fact's number of raw prompts and of chat questions among its rewriting prompts, (n,) each."""
+    return tuple(torch.bincount(batch.fact[batch.rewrite & (batch.chat == c)], minlength=batch.n_facts).float()
+                 for c in (False, True))
+
+
 def per_fact_mean(rows: torch.Tensor, batch: PromptBatch, share: torch.Tensor | None = None) -> torch.Tensor:
     """Average per-prompt rows (P, d) of the rewriting prompts into per-fact rows (n, d). A fact with a `share`
     that has both kinds of prompt gives its chat questions that share of the weight and its raw prompts the
     rest, so that many raw contexts do not pull the key away from the position a chat question reads."""
     raw, chat = batch.rewrite & ~batch.chat, batch.rewrite & batch.chat
-    n_raw, n_chat = (torch.bincount(batch.fact[kind], minlength=batch.n_facts).float() for kind in (raw, chat))
+    n_raw, n_chat = _kind_counts(batch)
     if share is None:
         share = torch.full((batch.n_facts,), float("nan"))
     split = ~share.isnan() & (n_raw > 0) & (n_chat > 0)
@@ -47,8 +53,8 @@ def key_columns(rows: torch.Tensor, batch: PromptBatch, share: torch.Tensor, cfg
         return per_fact_mean(rows, batch, share).T, torch.arange(n)
     raw = per_fact_mean(rows, batch, torch.zeros(n))                  # facts with one kind: their plain mean
     chat = per_fact_mean(rows, batch, torch.ones(n))
-    kinds = [torch.bincount(batch.fact[batch.rewrite & (batch.chat == c)], minlength=n) > 0 for c in (False, True)]
-    both = kinds[0] & kinds[1]
+    n_raw, n_chat = _kind_counts(batch)
+    both = (n_raw > 0) & (n_chat > 0)
     scale = torch.where(both, 0.5 ** 0.5, 1.0).to(rows.dtype).unsqueeze(1)
     return torch.cat([raw * scale, chat[both] * scale[both]]).T, torch.cat([torch.arange(n), torch.arange(n)[both]])
 

@@ -32,4 +32,3 @@ def compute_edits(adapter: Adapter, tokenizer, facts: list[Fact], cfg: EditConfi
     return [FactEdit({l: a[l][:, j] for l in layers}, {l: b[l][:, j] for l in layers},
                      {l: k[l][:, owner == j].squeeze(1) for l in layers}, targets.delta[t], float(targets.prob[j]))
             for j, t in enumerate(batch.fact_target.tolist())]
-
