@@ -17,17 +17,21 @@ def chat_shares(batch: PromptBatch, cfg: EditConfig) -> torch.Tensor:
     return torch.where(shared, torch.tensor(together), torch.tensor(alone))
 
 
+def _kinds(batch: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks (P,) of the rewriting prompts that are raw prompts and that are chat questions."""
+    return batch.rewrite & ~batch.chat, batch.rewrite & batch.chat
+
+
 def _kind_counts(batch: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Each fact's number of raw prompts and of chat questions among its rewriting prompts, (n,) each."""
-    return tuple(torch.bincount(batch.fact[batch.rewrite & (batch.chat == c)], minlength=batch.n_facts).float()
-                 for c in (False, True))
+    return tuple(torch.bincount(batch.fact[kind], minlength=batch.n_facts).float() for kind in _kinds(batch))
 
 
 def per_fact_mean(rows: torch.Tensor, batch: PromptBatch, share: torch.Tensor | None = None) -> torch.Tensor:
     """Average per-prompt rows (P, d) of the rewriting prompts into per-fact rows (n, d). A fact with a `share`
     that has both kinds of prompt gives its chat questions that share of the weight and its raw prompts the
     rest, so that many raw contexts do not pull the key away from the position a chat question reads."""
-    raw, chat = batch.rewrite & ~batch.chat, batch.rewrite & batch.chat
+    raw, chat = _kinds(batch)
     n_raw, n_chat = _kind_counts(batch)
     if share is None:
         share = torch.full((batch.n_facts,), float("nan"))
