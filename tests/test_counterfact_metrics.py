@@ -42,6 +42,12 @@ def answer_top1(model, tokenizer, prompt: str, answer: str) -> tuple[list[int], 
     return full[n:], [int(logits[t - 1].argmax()) for t in range(n, len(full))]
 
 
+def run_args(**settings) -> SimpleNamespace:
+    """`counterfact`'s command line as run_mode reads it."""
+    return SimpleNamespace(**{"model": None, "records": None, "format": "counterfact", "seed": 0, "bare": False,
+                              "batch": 1, "sleep_every": 0, "checkpoints": [2, 5], **settings})
+
+
 @pytest.fixture
 def records():
     return load_records(data_dir() / "counterfact_dev_3000.json", "counterfact", 5)
@@ -126,7 +132,7 @@ def test_a_run_reports_each_checkpoint_over_the_records_so_far_and_restores_the_
     monkeypatch.setattr(counterfact, "edit_settings", lambda args: EditConfig(cov_tokens=3000, v_steps=4))
     model = make_tiny()
     pristine = {name: t.clone() for name, t in model.state_dict().items()}
-    args = SimpleNamespace(batch=1, sleep_every=0, checkpoints=[2, 5], format="counterfact", bare=False)
+    args = run_args(checkpoints=[2, 5])
     heldout = "The river runs through the old town and into the sea. " * 40
     base_loc = [None] * len(records)
     base, base_scores = evaluate(model, tokenizer, records, args, base_loc, heldout)
@@ -139,3 +145,36 @@ def test_a_run_reports_each_checkpoint_over_the_records_so_far_and_restores_the_
     for c in run["checkpoints"]:
         assert 0 < c["rss_mb"] <= c["peak_rss_mb"] and c["seconds_per_edit_median"] > 0
     assert all(torch.equal(pristine[name], t) for name, t in model.state_dict().items())
+
+
+def test_a_stopped_run_continues_where_it_ended_without_editing_a_record_twice(
+        make_tiny, tokenizer, tmp_path, records, monkeypatch):
+    monkeypatch.setattr(counterfact, "edit_settings", lambda args: EditConfig(cov_tokens=3000, v_steps=4))
+    args = run_args(sleep_every=2, checkpoints=[1, 3, 5])
+    heldout = "The river runs through the old town and into the sea. " * 40
+    base = ({"es": [True] * len(records)}, [None] * len(records), heldout)
+    injected, sleeps = [], []
+    inject, sleep = Memory.inject_now, Memory.sleep
+
+    def inject_until_the_fourth(memory, facts, source="api"):
+        if len(injected) == 3:
+            raise KeyboardInterrupt     # the process is stopped after storing three edits and its first sleep
+        injected.extend(f.key for f in facts)
+        return inject(memory, facts, source)
+    monkeypatch.setattr(Memory, "inject_now", inject_until_the_fourth)
+    monkeypatch.setattr(Memory, "sleep", lambda memory, *a, **k: sleeps.append(len(injected)) or sleep(memory, *a, **k))
+    with pytest.raises(KeyboardInterrupt):
+        run_mode(make_tiny(), tokenizer, records, "constrained", args, tmp_path, base)
+    assert (injected, sleeps) == ([r.fact.key for r in records[:3]], [2])
+
+    monkeypatch.setattr(Memory, "inject_now", lambda memory, facts, source="api": (
+        injected.extend(f.key for f in facts), inject(memory, facts, source))[1])
+    model = make_tiny()      # a new process: the same pristine weights, the edits only in the store
+    run = run_mode(model, tokenizer, records, "constrained", args, tmp_path, base)
+    assert injected == [r.fact.key for r in records]      # the first three were not edited again
+    assert sleeps == [2, 4]
+    assert [c["edits"] for c in run["checkpoints"]] == [1, 3, 5] and run["resumed_at"] == [3]
+    assert len(json.loads((tmp_path / "constrained" / "run.json").read_text())["edit_seconds"]) == 5
+
+    with pytest.raises(SystemExit, match="sleep_every"):
+        run_mode(make_tiny(), tokenizer, records, "constrained", run_args(sleep_every=3), tmp_path, base)

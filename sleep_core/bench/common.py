@@ -140,6 +140,9 @@ def setup(args) -> Path:
         blas_threads(args.threads)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if store := getattr(args, "store", None):
+        store.mkdir(parents=True, exist_ok=True)
+        return store
     return Path(tempfile.mkdtemp(prefix="sleeping-llm-bench-"))
 
 

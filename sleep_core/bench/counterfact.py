@@ -2,9 +2,10 @@
 with or without sleep, measured at checkpoints over every record edited so far."""
 import json
 import logging
+import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -173,34 +174,111 @@ def base_loc_predictions(model, tokenizer, records: list[Record], fmt: str, cont
     return [top for _, top in token_predictions(model, tokenizer, pairs)]
 
 
+def stream(args) -> dict:
+    """The settings that fix the records' order and how they are probed: a resumed run must keep them."""
+    return {"model": args.model, "records": str(args.records), "format": args.format, "seed": args.seed,
+            "bare": args.bare}
+
+
+def unedited(model, tokenizer, records: list[Record], args, heldout: str, store: Path) -> tuple[dict, dict, list]:
+    """The unedited model's figures (means, per record, zsRE's locality predictions), kept in `store` for a
+    resumed run: it is the long evaluation of a run's start."""
+    path, key = store / "base.json", {**stream(args), "n": len(records)}
+    if path.exists() and (saved := json.loads(path.read_text()))["key"] == key:
+        return saved["figures"], saved["scores"], [None if t is None else torch.tensor(t) for t in saved["loc"]]
+    base_loc = base_loc_predictions(model, tokenizer, records, args.format, "" if args.bare else RAW_CONTEXT)
+    figures, scores = evaluate(model, tokenizer, records, args, base_loc, heldout)
+    save_json(path, {"key": key, "figures": figures, "scores": scores,
+                     "loc": [None if t is None else t.tolist() for t in base_loc]})
+    return figures, scores, base_loc
+
+
+@dataclass
+class RunLog:
+    """What a run has measured so far, saved beside its store after every step, so that a stopped run (killed,
+    out of time) continues where it ended: the store holds the edits, this file the figures."""
+    settings: dict
+    edit_seconds: list[float] = field(default_factory=list)
+    sleep_seconds: list[float] = field(default_factory=list)
+    slept_at: int = 0          # edits stored at the last sleep
+    checkpoints: list[dict] = field(default_factory=list)
+    resumed_at: list[int] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, path: Path, settings: dict) -> "RunLog":
+        if not path.exists():
+            return cls(settings)
+        saved = cls(**json.loads(path.read_text()))
+        if saved.settings != settings:
+            changed = sorted(k for k in settings.keys() | saved.settings.keys()
+                             if settings.get(k) != saved.settings.get(k))
+            raise SystemExit(f"{path.parent} holds a run with other settings ({', '.join(changed)}: "
+                             f"{[saved.settings.get(k) for k in changed]}); use another --store to start afresh")
+        return saved
+
+    def save(self, path: Path) -> None:
+        save_json(path, asdict(self))
+
+
+def save_json(path: Path, data: dict) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(data))
+    os.replace(temporary, path)     # a kill leaves the old file or the new one, never half of one
+
+
+def stored_edits(memory: Memory, records: list[Record]) -> int:
+    """How many of `records` the store already holds, checked to be the stream's first ones."""
+    memory.wait_idle()      # a fact stored but not yet injected when the run stopped is injected on opening
+    held = {r.fact.key for r in memory.active_records()}
+    done = len(held)
+    if held != {r.fact.key for r in records[:done]}:
+        raise SystemExit(f"the store at {memory.config.store_dir} holds other facts than this run's first {done} "
+                         "records; use another --store")
+    return done
+
+
 def run_mode(model, tokenizer, records, mode: str, args, store: Path, base: tuple) -> dict:
+    """Edit `records` in order, sleeping every `args.sleep_every` edits, evaluating at each checkpoint; resumes a
+    stopped run kept in the same `store`."""
     base_scores, base_loc, heldout = base
+    path = store / mode / "run.json"
+    run = RunLog.open(path, {**stream(args), "batch": args.batch, "sleep_every": args.sleep_every})
     memory = Memory.open(model, tokenizer, bench_config(store / mode, mode, edit_settings(args)))
     memory.priors()
+    done = stored_edits(memory, records)
+    if done:
+        run.resumed_at.append(done)
+        log.info("%s: resuming after %d stored edits", mode, done)
     marks = sorted({c for c in args.checkpoints if c <= len(records)} | {len(records)})
-    edit_seconds, sleep_seconds, checkpoints, done = [], [], [], 0
-    for start in range(0, len(records), args.batch):
-        batch = records[start: start + args.batch]
-        clock = time.perf_counter()
-        memory.inject_now([r.fact for r in batch], source="benchmark")
-        edit_seconds += [(time.perf_counter() - clock) / len(batch)] * len(batch)
-        done += len(batch)
-        if args.sleep_every and done // args.sleep_every > (done - len(batch)) // args.sleep_every:
+    while True:
+        if args.sleep_every and done // args.sleep_every > run.slept_at // args.sleep_every:
             clock = time.perf_counter()
             memory.sleep()
-            sleep_seconds.append(time.perf_counter() - clock)
-        if marks and done >= marks[0]:
-            marks = [m for m in marks if m > done]
+            run.sleep_seconds.append(time.perf_counter() - clock)
+            run.slept_at = done
+            run.save(path)
+        last = run.checkpoints[-1]["edits"] if run.checkpoints else 0
+        if any(last < m <= done for m in marks):
             held = rss_mb()     # what the edits hold, before the evaluation's own allocations
             figures, _ = evaluate(model, tokenizer, records[:done], args, base_loc[:done], heldout)
-            checkpoints.append({"edits": done, **figures, "occupancy": occupancy(memory),
-                                "seconds_per_edit_median": median(edit_seconds),
-                                "seconds_per_sleep_median": median(sleep_seconds),
-                                "rss_mb": held, "peak_rss_mb": peak_rss_mb(),
-                                "base": {k: mean(v[:done]) for k, v in base_scores.items()}})
-            log.info("%s: %s", mode, checkpoints[-1])
+            run.checkpoints.append({"edits": done, **figures, "occupancy": occupancy(memory),
+                                    "seconds_per_edit_median": median(run.edit_seconds),
+                                    "seconds_per_sleep_median": median(run.sleep_seconds),
+                                    "rss_mb": held, "peak_rss_mb": peak_rss_mb(),
+                                    "base": {k: mean(v[:done]) for k, v in base_scores.items()}})
+            run.save(path)
+            log.info("%s: %s", mode, run.checkpoints[-1])
+        if done >= len(records):
+            break
+        batch = records[done: done + args.batch]
+        clock = time.perf_counter()
+        memory.inject_now([r.fact for r in batch], source="benchmark")
+        run.edit_seconds += [(time.perf_counter() - clock) / len(batch)] * len(batch)
+        done += len(batch)
+        run.save(path)
     memory.close(restore_weights=True)      # the next mode starts from the pristine weights
-    return {"mode": mode, "sleep_every": args.sleep_every, "checkpoints": checkpoints, "sleeps": len(sleep_seconds)}
+    return {"mode": mode, "sleep_every": args.sleep_every, "checkpoints": run.checkpoints,
+            "sleeps": len(run.sleep_seconds), "resumed_at": run.resumed_at}
 
 
 def plot(result: dict, target) -> None:
@@ -230,13 +308,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--sleep-every", type=int, default=0, help="sleep after every K edits (0: never)")
     p.add_argument("--checkpoints", default="10,100,1000", type=lambda s: [int(c) for c in s.split(",")])
     p.add_argument("--bare", action="store_true", help="raw probes without the neutral lead-in (RAW_CONTEXT)")
+    p.add_argument("--store", type=Path, help="keep the memory store and the figures so far here; a stopped run "
+                                              "continues when given the same folder and settings (default: a new "
+                                              "temporary folder)")
     args = p.parse_args(argv)
     store = setup(args)
     model, tokenizer = load_model(args.model)
     records = load_records(args.records or data_dir() / "counterfact_dev_3000.json", args.format, args.n, args.seed)
-    base_loc = base_loc_predictions(model, tokenizer, records, args.format, "" if args.bare else RAW_CONTEXT)
     heldout = "\n\n".join(ensure_corpus().heldout_articles())
-    base_figures, base_scores = evaluate(model, tokenizer, records, args, base_loc, heldout)
+    base_figures, base_scores, base_loc = unedited(model, tokenizer, records, args, heldout, store)
     runs = [run_mode(model, tokenizer, records, mode, args, store, (base_scores, base_loc, heldout))
             for mode in args.mode.split(",")]
     result = {"benchmark": "zsre" if args.format == "zsre" else "counterfact",
