@@ -4,9 +4,8 @@ from pathlib import Path
 
 from ..editing.hparams import MODES, EditConfig
 from ..eval import raw_recall
-from ..facade import Memory
-from .common import (bench_config, edit_settings, emit, line_plot, load_model, model_name, parser, peak_rss_mb,
-                     seed_pool, setup)
+from .common import (bench_config, edit_settings, emit, line_plot, load_model, model_name, open_memory, parser,
+                     peak_rss_mb, progress_bar, seed_pool, setup)
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +19,10 @@ def checkpoints(n: int) -> list[int]:
 
 
 def run_mode(model, tokenizer, facts, mode: str, store: Path, edit: EditConfig | None) -> list[dict]:
-    memory = Memory.open(model, tokenizer, bench_config(store / mode, mode, edit))
+    memory = open_memory(model, tokenizer, bench_config(store / mode, mode, edit))
     marks, curve = set(checkpoints(len(facts))), []
     try:
-        for i, fact in enumerate(facts, 1):
+        for i, fact in enumerate(progress_bar(len(facts), mode, "fact", iterable=facts), 1):
             memory.inject_now([fact])
             if i in marks:
                 curve.append({"facts": i, "recall_raw": sum(raw_recall(model, tokenizer, facts[:i])) / i})

@@ -11,10 +11,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from ..config import MemoryConfig
 from ..editing.hparams import EditConfig
 from ..eval import known_facts, knows, mentions
+from ..facade import Memory
 from ..memory.facts import Fact
 from ..paths import data_dir
 
@@ -102,6 +104,25 @@ def model_name(model) -> str:
 def bench_config(store: Path, mode: str = "constrained", edit: EditConfig | None = None, **kwargs) -> MemoryConfig:
     """A memory for a benchmark: its own store, no automatic sleep, its own copy of the edit settings."""
     return MemoryConfig(store_dir=store, mode=mode, auto_sleep=False, edit=replace(edit or EditConfig()), **kwargs)
+
+
+def progress_bar(total: int, desc: str, unit: str, initial: int = 0, iterable=None) -> tqdm:
+    """A bar on stderr (stdout is the JSON result's), drawn only on a terminal; over `iterable` if given."""
+    return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit, disable=None, leave=False,
+                dynamic_ncols=True)
+
+
+def open_memory(model, tokenizer, config: MemoryConfig) -> Memory:
+    """A benchmark's memory with its layers' covariance at hand (measured with a bar the first time, then cached)."""
+    memory = Memory.open(model, tokenizer, config)
+    with progress_bar(config.edit.cov_tokens, "covariance", "tok") as bar:
+        memory.priors(lambda seen, total: bar.update(seen - bar.n))
+    return memory
+
+
+def sleep_showing(memory: Memory, bar: tqdm):
+    """`memory.sleep()`, its steps shown beside `bar`."""
+    return memory.sleep(lambda step: bar.set_postfix_str(f"sleep: {step.message}"))
 
 
 def parser(name: str, doc: str) -> argparse.ArgumentParser:

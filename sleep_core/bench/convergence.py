@@ -6,9 +6,8 @@ from pathlib import Path
 from ..cycle.audit import audit
 from ..editing.hparams import EditConfig
 from ..eval.perplexity import perplexity
-from ..facade import Memory
-from .common import (bench_config, edit_settings, emit, known_to, line_plot, load_model, model_name, parser,
-                     peak_rss_mb, seed_pool, setup, still_known)
+from .common import (bench_config, edit_settings, emit, known_to, line_plot, load_model, model_name, open_memory,
+                     parser, peak_rss_mb, progress_bar, seed_pool, setup, sleep_showing, still_known)
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +21,7 @@ def convergence(model, tokenizer, facts, store: Path, cycles: int, target: float
                 edit: EditConfig | None = None, wake_mode: str = "unconstrained", **config) -> dict:
     """Sleep until raw recall reaches `target` or `cycles` sleeps ran; `config`: further MemoryConfig fields."""
     known = known_to(model, tokenizer)
-    memory = Memory.open(model, tokenizer, bench_config(store, wake_mode, edit, **config))
+    memory = open_memory(model, tokenizer, bench_config(store, wake_mode, edit, **config))
     try:
         text, tokens = memory.heldout_text(), memory.config.ppl_tokens     # what sleep measures perplexity on
         ppl_base = perplexity(model, tokenizer, text, tokens)
@@ -31,8 +30,10 @@ def convergence(model, tokenizer, facts, store: Path, cycles: int, target: float
         kept = [still_known(model, tokenizer, known)]
         drift = [perplexity(model, tokenizer, text, tokens) / ppl_base - 1]
         log.info("after %d wake edits: raw recall %.3f", len(facts), recall[0])
+        bar = progress_bar(cycles, "sleep cycles", "sleep")
         while len(seconds) < cycles and recall[-1] < target:
-            report = memory.sleep()
+            report = sleep_showing(memory, bar)
+            bar.update()
             recall.append(report.recall_after if report.committed else report.recall_before)
             seconds.append(report.seconds)
             sleeps.append({k: getattr(report, k) for k in ("committed", "reason", "chat_recall_after",

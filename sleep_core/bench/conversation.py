@@ -10,7 +10,7 @@ from ..editing.hparams import EditConfig
 from ..eval import chat_answers
 from ..facade import Memory
 from ..paths import data_dir
-from .common import bench_config, edit_settings, emit, load_model, model_name, parser, peak_rss_mb, setup
+from .common import bench_config, edit_settings, emit, load_model, model_name, open_memory, parser, peak_rss_mb, setup
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def conversation(model, tokenizer, store: Path, reload: Callable[[], object], gr
     facts, distractors = conversation_set(groups)
     questions = [q for g in facts for q in g["recall_questions"]]
     before = ask(model, tokenizer, questions)
-    memory = Memory.open(model, tokenizer, bench_config(store, "constrained", edit, **config))
+    memory = open_memory(model, tokenizer, bench_config(store, "constrained", edit, **config))
     learned = play(memory, facts, distractors)
     report = memory.sleep()
     after = ask(model, tokenizer, questions)

@@ -18,7 +18,8 @@ from ..eval.probes import _encode
 from ..facade import Memory
 from ..memory.facts import Fact
 from ..paths import data_dir
-from .common import bench_config, edit_settings, emit, load_model, median, parser, peak_rss_mb, rss_mb, setup
+from .common import (bench_config, edit_settings, emit, load_model, median, open_memory, parser, peak_rss_mb,
+                     progress_bar, rss_mb, setup, sleep_showing)
 from .wake import PPL_TOKENS
 
 log = logging.getLogger(__name__)
@@ -243,17 +244,17 @@ def run_mode(model, tokenizer, records, mode: str, args, store: Path, base: tupl
     base_scores, base_loc, heldout = base
     path = store / mode / "run.json"
     run = RunLog.open(path, {**stream(args), "batch": args.batch, "sleep_every": args.sleep_every})
-    memory = Memory.open(model, tokenizer, bench_config(store / mode, mode, edit_settings(args)))
-    memory.priors()
+    memory = open_memory(model, tokenizer, bench_config(store / mode, mode, edit_settings(args)))
     done = stored_edits(memory, records)
     if done:
         run.resumed_at.append(done)
         log.info("%s: resuming after %d stored edits", mode, done)
     marks = sorted({c for c in args.checkpoints if c <= len(records)} | {len(records)})
+    bar = progress_bar(len(records), mode, "edit", initial=done)
     while True:
         if args.sleep_every and done // args.sleep_every > run.slept_at // args.sleep_every:
             clock = time.perf_counter()
-            memory.sleep()
+            sleep_showing(memory, bar)
             run.sleep_seconds.append(time.perf_counter() - clock)
             run.slept_at = done
             run.save(path)
@@ -268,6 +269,7 @@ def run_mode(model, tokenizer, records, mode: str, args, store: Path, base: tupl
                                     "base": {k: mean(v[:done]) for k, v in base_scores.items()}})
             run.save(path)
             log.info("%s: %s", mode, run.checkpoints[-1])
+            bar.set_postfix_str(", ".join(f"{k} {figures[k]:.2f}" for k in ("es", "ps", "ns", "chat", "ppl")))
         if done >= len(records):
             break
         batch = records[done: done + args.batch]
@@ -275,7 +277,9 @@ def run_mode(model, tokenizer, records, mode: str, args, store: Path, base: tupl
         memory.inject_now([r.fact for r in batch], source="benchmark")
         run.edit_seconds += [(time.perf_counter() - clock) / len(batch)] * len(batch)
         done += len(batch)
+        bar.update(len(batch))
         run.save(path)
+    bar.close()
     memory.close(restore_weights=True)      # the next mode starts from the pristine weights
     return {"mode": mode, "sleep_every": args.sleep_every, "checkpoints": run.checkpoints,
             "sleeps": len(run.sleep_seconds), "resumed_at": run.resumed_at}

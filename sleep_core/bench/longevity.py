@@ -8,8 +8,8 @@ from pathlib import Path
 from ..editing.hparams import EditConfig
 from ..eval import perplexity
 from ..facade import Memory
-from .common import (bench_config, edit_settings, emit, known_to, line_plot, load_model, model_name, parser,
-                     peak_rss_mb, seed_pool, setup, still_known)
+from .common import (bench_config, edit_settings, emit, known_to, line_plot, load_model, model_name, open_memory,
+                     parser, peak_rss_mb, progress_bar, seed_pool, setup, still_known)
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +34,12 @@ def longevity(model, tokenizer, facts, store: Path, days: int, per_day: int, cap
     """`per_day` of `facts` a day for `days` days; `config`: further MemoryConfig fields."""
     if len(facts) < days * per_day:
         raise ValueError(f"{days} days of {per_day} facts need {days * per_day} facts, got {len(facts)}")
-    memory = Memory.open(model, tokenizer, bench_config(store, "constrained", edit, max_facts=cap, **config))
+    memory = open_memory(model, tokenizer, bench_config(store, "constrained", edit, max_facts=cap, **config))
     rows, dropped = [], []
     try:
         known = known_to(model, tokenizer)
         ppl_start = perplexity(model, tokenizer, memory.heldout_text(), memory.config.ppl_tokens)
-        for day in range(1, days + 1):
+        for day in progress_bar(days, "days", "day", iterable=range(1, days + 1)):
             row, gone = live_day(memory, facts[(day - 1) * per_day: day * per_day], day, known)
             rows.append(row)
             dropped += gone

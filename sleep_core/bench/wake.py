@@ -4,11 +4,10 @@ import time
 
 from ..editing.hparams import MODES, EditConfig
 from ..eval import HELDOUT_CONTEXTS, chat_recall, greedy_tokens, perplexity, raw_recall, specificity
-from ..facade import Memory
 from ..assets.corpus import ensure_corpus
 from ..model.weights import QUANTIZED_EDITS
 from .common import (bench_config, check_backend, edit_settings, emit, known_to, load_model, median, model_folder,
-                     model_options, parser, peak_rss_mb, seed_pool, setup, still_known)
+                     model_options, open_memory, parser, peak_rss_mb, progress_bar, seed_pool, setup, still_known)
 
 log = logging.getLogger(__name__)
 
@@ -17,14 +16,13 @@ PPL_TOKENS = 8192
 
 def run_mode(model, tokenizer, facts, mode: str, store, heldout: str, others,
              quantized_edits: str = "side_branch", edit: EditConfig | None = None) -> dict:
-    memory = Memory.open(model, tokenizer, bench_config(store / mode, mode, edit, quantized_edits=quantized_edits))
-    memory.priors()
+    memory = open_memory(model, tokenizer, bench_config(store / mode, mode, edit, quantized_edits=quantized_edits))
     known = known_to(model, tokenizer)
     controls = [p for p, _ in known] + [f.prompt for f in others]
     before = greedy_tokens(model, tokenizer, controls)
     ppl_before = perplexity(model, tokenizer, heldout, PPL_TOKENS)
     seconds, curve = [], []
-    for i, fact in enumerate(facts, 1):
+    for i, fact in enumerate(progress_bar(len(facts), mode, "fact", iterable=facts), 1):
         clock = time.perf_counter()
         memory.inject_now([fact])
         seconds.append(time.perf_counter() - clock)
