@@ -53,3 +53,10 @@ def default_store_dir() -> Path:
 
 def data_dir() -> Path:
     return Path(__file__).resolve().parent / "data"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a kill leaves the old file or the new one, never half of one."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)

@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..paths import corpus_dir
+from ..paths import corpus_dir, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -153,17 +152,11 @@ def _write_corpus(folder: Path, corpus: Corpus, articles: list[tuple[str, str]])
     heldout = [(t, x) for t, x in articles if is_heldout(t)]
     covariance = [(t, x) for t, x in articles if not is_heldout(t)]
     for path, split in ((corpus.covariance_text, covariance), (corpus.heldout_text, heldout)):
-        _write_atomic(path, "\n\n".join(text for _, text in split) + "\n")
+        write_text_atomic(path, "\n\n".join(text for _, text in split) + "\n")
     manifest = {
         "source": f"{GENSIM_WHEEL}:{XML_MEMBER}",
         "source_sha256": XML_SHA256,
         "licence": "CC BY-SA 3.0, Wikipedia contributors",
         "titles": {"covariance": [t for t, _ in covariance], "heldout": [t for t, _ in heldout]},
     }
-    _write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from ..config import MemoryConfig
 from ..editing.hparams import EditConfig
 from ..eval import known_facts, knows, mentions
+from ..cycle.sleep import SleepReport
 from ..facade import Memory
 from ..memory.facts import Fact
 from ..paths import data_dir
@@ -120,7 +121,7 @@ def open_memory(model, tokenizer, config: MemoryConfig) -> Memory:
     return memory
 
 
-def sleep_showing(memory: Memory, bar: tqdm):
+def sleep_showing(memory: Memory, bar: tqdm) -> SleepReport:
     """`memory.sleep()`, its steps shown beside `bar`."""
     return memory.sleep(lambda step: bar.set_postfix_str(f"sleep: {step.message}"))
 

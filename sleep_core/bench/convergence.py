@@ -40,6 +40,7 @@ def convergence(model, tokenizer, facts, store: Path, cycles: int, target: float
                                                           "ppl_before", "ppl_after", "refreshed", "timings")})
             kept.append(still_known(model, tokenizer, known))
             drift.append((report.ppl_after if report.committed else report.ppl_before) / ppl_base - 1)
+        bar.close()
     finally:
         memory.close(restore_weights=True)
     return {"benchmark": "convergence", "facts": len(facts), "wake_mode": wake_mode, "target": target,

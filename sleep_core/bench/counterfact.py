@@ -2,7 +2,6 @@
 with or without sleep, measured at checkpoints over every record edited so far."""
 import json
 import logging
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,7 +16,7 @@ from ..eval import RAW_CONTEXT, chat_recall, perplexity, score_answers
 from ..eval.probes import _encode
 from ..facade import Memory
 from ..memory.facts import Fact
-from ..paths import data_dir
+from ..paths import data_dir, write_text_atomic
 from .common import (bench_config, edit_settings, emit, load_model, median, open_memory, parser, peak_rss_mb,
                      progress_bar, rss_mb, setup, sleep_showing)
 from .wake import PPL_TOKENS
@@ -189,8 +188,8 @@ def unedited(model, tokenizer, records: list[Record], args, heldout: str, store:
         return saved["figures"], saved["scores"], [None if t is None else torch.tensor(t) for t in saved["loc"]]
     base_loc = base_loc_predictions(model, tokenizer, records, args.format, "" if args.bare else RAW_CONTEXT)
     figures, scores = evaluate(model, tokenizer, records, args, base_loc, heldout)
-    save_json(path, {"key": key, "figures": figures, "scores": scores,
-                     "loc": [None if t is None else t.tolist() for t in base_loc]})
+    write_text_atomic(path, json.dumps({"key": key, "figures": figures, "scores": scores,
+                                        "loc": [None if t is None else t.tolist() for t in base_loc]}))
     return figures, scores, base_loc
 
 
@@ -218,24 +217,17 @@ class RunLog:
         return saved
 
     def save(self, path: Path) -> None:
-        save_json(path, asdict(self))
-
-
-def save_json(path: Path, data: dict) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(data))
-    os.replace(temporary, path)     # a kill leaves the old file or the new one, never half of one
+        write_text_atomic(path, json.dumps(asdict(self)))
 
 
 def stored_edits(memory: Memory, records: list[Record]) -> int:
     """How many of `records` the store already holds, checked to be the stream's first ones."""
     memory.wait_idle()      # a fact stored but not yet injected when the run stopped is injected on opening
     held = {r.fact.key for r in memory.active_records()}
-    done = len(held)
-    if held != {r.fact.key for r in records[:done]}:
-        raise SystemExit(f"the store at {memory.config.store_dir} holds other facts than this run's first {done} "
-                         "records; use another --store")
-    return done
+    if len(held) > len(records) or held != {r.fact.key for r in records[:len(held)]}:
+        raise SystemExit(f"the store at {memory.config.store_dir} holds {len(held)} edits that are not this run's "
+                         f"first {len(held)} of {len(records)} records; use another --store")
+    return len(held)
 
 
 def run_mode(model, tokenizer, records, mode: str, args, store: Path, base: tuple) -> dict:
