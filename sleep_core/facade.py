@@ -113,39 +113,55 @@ class Memory:
 
         The other facts about its subject are re-solved with it: they share its key, so their values are written
         together (see editing/prompts.py, shared_targets)."""
+        return self.inject_together([fact_id]).get(fact_id)
+
+    def inject_together(self, fact_ids: list[int]) -> dict[int, FactEdit]:
+        """Write several stored facts in one solve (MEMIT's batch edit); `inject` is the batch of one.
+
+        A duplicate of an active fact or of an earlier one in the batch is dropped; a later value for the same
+        subject and relation supersedes an earlier one, in the batch as in the store. Returns the new edits."""
         with self._busy:
-            record = self.store.fact(fact_id)
-            if record.status != "pending":
-                return None
+            records = [r for r in (self.store.fact(i) for i in fact_ids) if r.status == "pending"]
+            batch = {}
+            for record in records:
+                batch.pop(record.fact.key, None)      # the later value wins and keeps its place in the order
+                batch[record.fact.key] = record
             active = self.active_records()
-            same = [r for r in active if r.fact.key == record.fact.key]
-            if any(r.object.lower() == record.object.lower() for r in same):
-                self.store.drop_edits([fact_id], delete=True)    # a duplicate is not injected twice
-                return None
+            same = [r for r in active if r.fact.key in batch]
+            duplicates = [batch[r.fact.key] for r in same if r.object.lower() == batch[r.fact.key].object.lower()]
+            new = [r for r in batch.values() if r not in duplicates]
+            superseded = [r for r in same if r.fact.key in {n.fact.key for n in new}]
+            outvoted = [r for r in records if r is not batch[r.fact.key]]
+            repeated = [r for r in outvoted if r.object.lower() == batch[r.fact.key].object.lower()]
+            if duplicates + repeated:      # a duplicate is not injected twice
+                self.store.drop_edits([r.id for r in duplicates + repeated], delete=True)
+            if stale := [r.id for r in outvoted if r not in repeated]:
+                self.store.drop_edits(stale, status="superseded")
+            if not new:
+                return {}
             # seed mode gives every fact its own target (shared_targets), so nothing is re-solved with it
-            kin = [] if self.config.edit.seed else [r for r in about(active, {record.fact.subject_key})
-                                                      if r not in same]
+            kin = [] if self.config.edit.seed else [r for r in about(active, {n.fact.subject_key for n in new})
+                                                      if r not in superseded]
             priors = self.priors()
             with self.weight_lock():
                 snapshot = self.ledger.snapshot()
-                for old in same + kin:
+                for old in superseded + kin:
                     self.ledger.remove(old.id)
                 try:
                     self.ledger.rebuild()     # the targets are measured without the values being replaced
                     stored = {l: self.ledger.keys(l) for l in self.adapter.layers}
-                    edits = dict(zip([r.id for r in kin] + [fact_id], compute_edits(
-                        self.adapter, self.tokenizer, [r.fact for r in kin] + [record.fact], self.config.edit,
-                        priors, stored)))
+                    edits = dict(zip([r.id for r in kin + new], compute_edits(
+                        self.adapter, self.tokenizer, [r.fact for r in kin + new], self.config.edit, priors, stored)))
                 except BaseException:
                     self.ledger.restore(snapshot)     # nothing written: the old facts stay as they were
                     raise
                 for i, edit in edits.items():
                     self.ledger.set(i, edit)
                 self.ledger.rebuild()
-            self.store.drop_edits([old.id for old in same], status="superseded")
+            self.store.drop_edits([old.id for old in superseded], status="superseded")
             self.store.save_edits(edits)
             self.store.bump("wake_edits")
-            return edits[fact_id]
+            return {r.id: edits[r.id] for r in new}
 
     def _inject_queued(self, fact_id: int) -> None:
         """The worker's step: while the host's lock times out (the model is busy), the fact stays queued."""
@@ -164,11 +180,14 @@ class Memory:
             log.info("drowsiness %.2f reached %.2f: sleeping", pressure, self.config.drowsiness_threshold)
             self.sleep()
 
-    def inject_now(self, facts: list[Fact], source: str = "api") -> list[int]:
-        """Store and inject facts synchronously (benchmarks and tests)."""
+    def inject_now(self, facts: list[Fact], source: str = "api", together: bool = False) -> list[int]:
+        """Store and inject facts synchronously (benchmarks and tests): one edit each, or one for all."""
         ids = [self.store.add_fact(f, "", source) for f in facts]
-        for fact_id in ids:
-            self.inject(fact_id)
+        if together:
+            self.inject_together(ids)
+        else:
+            for fact_id in ids:
+                self.inject(fact_id)
         return ids
 
     def wait_idle(self, timeout: float | None = None) -> bool:

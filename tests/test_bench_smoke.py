@@ -108,6 +108,14 @@ def test_load_model_in_each_precision(make_tiny, tokenizer, tmp_path, dtype, qua
         pytest.importorskip("bitsandbytes")
     make_tiny().save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    model, _ = load_model(str(tmp_path), dtype, quantize)
+    model, _ = load_model(str(tmp_path), dtype, quantize, device="cpu")
     assert type(model.model.layers[1].mlp.down_proj).__name__ == layer
     assert model.model.embed_tokens.weight.dtype == getattr(torch, dtype)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_a_gpu_asked_for_on_a_machine_without_one_is_named():
+    from sleep_core.bench.common import load_model
+    with pytest.raises(SystemExit, match="--device cuda: .* sees no CUDA device"):
+        load_model(None, device="cuda")

@@ -156,19 +156,19 @@ def test_a_stopped_run_continues_where_it_ended_without_editing_a_record_twice(
     injected, sleeps = [], []
     inject, sleep = Memory.inject_now, Memory.sleep
 
-    def inject_until_the_fourth(memory, facts, source="api"):
+    def inject_until_the_fourth(memory, facts, source="api", together=False):
         if len(injected) == 3:
             raise KeyboardInterrupt     # the process is stopped after storing three edits and its first sleep
         injected.extend(f.key for f in facts)
-        return inject(memory, facts, source)
+        return inject(memory, facts, source, together)
     monkeypatch.setattr(Memory, "inject_now", inject_until_the_fourth)
     monkeypatch.setattr(Memory, "sleep", lambda memory, *a, **k: sleeps.append(len(injected)) or sleep(memory, *a, **k))
     with pytest.raises(KeyboardInterrupt):
         run_mode(make_tiny(), tokenizer, records, "constrained", args, tmp_path, base)
     assert (injected, sleeps) == ([r.fact.key for r in records[:3]], [2])
 
-    monkeypatch.setattr(Memory, "inject_now", lambda memory, facts, source="api": (
-        injected.extend(f.key for f in facts), inject(memory, facts, source))[1])
+    monkeypatch.setattr(Memory, "inject_now", lambda memory, facts, source="api", together=False: (
+        injected.extend(f.key for f in facts), inject(memory, facts, source, together))[1])
     model = make_tiny()      # a new process: the same pristine weights, the edits only in the store
     run = run_mode(model, tokenizer, records, "constrained", args, tmp_path, base)
     assert injected == [r.fact.key for r in records]      # the first three were not edited again

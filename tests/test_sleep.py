@@ -68,6 +68,22 @@ def test_a_new_value_supersedes_the_old_one(tiny_llama, tokenizer, store_dir):
     memory.close()
 
 
+def test_facts_injected_together_are_one_solve_and_the_batch_supersedes_within_itself(
+        tiny_llama, tokenizer, store_dir, monkeypatch):
+    import sleep_core.facade as facade
+    memory = _memory(tiny_llama, tokenizer, store_dir)
+    aria, = memory.inject_now([FACTS[1]])
+    solves, compute = [], facade.compute_edits
+    monkeypatch.setattr(facade, "compute_edits", lambda *a, **k: solves.append(len(a[2])) or compute(*a, **k))
+    rex, kaito = dataclasses.replace(DOG, object="Rex"), Fact("Kaito", "works as", "cartographer", ("What does Kaito do?",))
+    biscuit, again, rex_id, kaito_id = memory.inject_now([DOG, FACTS[1], rex, kaito], together=True)
+    assert solves == [2], "Rex and Kaito in one solve; Biscuit outvoted in the batch, Aria already stored"
+    status = {r.id: r.status for r in memory.facts()}
+    assert status == {aria: "healthy", biscuit: "superseded", rex_id: "healthy", kaito_id: "healthy"}
+    assert again not in status and set(memory.ledger.columns) == {aria, rex_id, kaito_id}
+    memory.close()
+
+
 @pytest.mark.model
 def test_sleep_repairs_a_damaged_fact_and_relieves_drowsiness(real_model, tokenizer, store_dir):
     memory = Memory.open(real_model, tokenizer, MemoryConfig(store_dir=store_dir, auto_sleep=False))

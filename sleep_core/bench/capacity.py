@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--modes", default="seed,unconstrained,constrained", help=f"comma-separated, of {MODES}")
     args = p.parse_args(argv)
     store = setup(args)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, device=args.device)
     result = capacity(model, tokenizer, seed_pool(args.facts, args.seed), store, args.modes.split(","),
                       edit_settings(args))
     emit({**result, "model": model_name(model), "seed": args.seed, "peak_rss_mb": peak_rss_mb()}, args, plot)

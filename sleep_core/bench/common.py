@@ -80,9 +80,12 @@ def model_folder(path: str | None) -> Path:
     return Path(path) if path else ensure_default_model()
 
 
-def load_model(path: str | None, dtype: str = "float32", quantize: str = "none", backend: str = "torch"):
-    """The model in `dtype` with its Hugging Face tokenizer: transformers, its linear layers quantized by
-    bitsandbytes unless `quantize` is 'none', or mlx-lm."""
+def load_model(path: str | None, dtype: str = "float32", quantize: str = "none", backend: str = "torch",
+               device: str = "cpu"):
+    """The model in `dtype` on `device` with its Hugging Face tokenizer: transformers, its linear layers
+    quantized by bitsandbytes unless `quantize` is 'none', or mlx-lm."""
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: this torch ({torch.__version__}) sees no CUDA device")
     folder = model_folder(path)
     if backend == "mlx":
         from ..model.backend import hf_tokenizer
@@ -92,9 +95,9 @@ def load_model(path: str | None, dtype: str = "float32", quantize: str = "none",
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(folder)
     quantized = quantization(quantize, dtype)
-    placed = {} if quantized is None else {"quantization_config": quantized,
-                                           "device_map": "cuda" if torch.cuda.is_available() else "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), **placed).eval()
+    placed = {} if quantized is None else {"quantization_config": quantized}
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), device_map=device,
+                                                 **placed).eval()
     return model, tokenizer
 
 
@@ -133,6 +136,7 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print only the JSON result")
     p.add_argument("--plot", type=Path, help="write a PNG here (default: bench-<name>.png in the current folder)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:1, ... (torch backend)")
     p.add_argument("--step-precision", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="precision of the target optimisation's Adam steps (auto: bfloat16 on a CPU that has it)")
     return p
@@ -187,6 +191,8 @@ def median(values: list[float]) -> float:
 def emit(result: dict, args, plot) -> None:
     """Print the JSON result and draw its plot."""
     target = args.plot or Path(f"bench-{result['benchmark']}.png")
+    if torch.cuda.is_available():
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
     try:
         plot(result, target)
         result["plot"] = str(target)

@@ -64,7 +64,7 @@ def main(argv: list[str]) -> int:
                    help="how the facts are injected before the first sleep")
     args = p.parse_args(argv)
     store = setup(args)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, device=args.device)
     result = convergence(model, tokenizer, seed_pool(args.facts, args.seed), store, args.cycles, args.target,
                          edit=edit_settings(args), wake_mode=args.wake_mode)
     emit({**result, "model": model_name(model), "seed": args.seed, "peak_rss_mb": peak_rss_mb()}, args, plot)

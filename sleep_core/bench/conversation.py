@@ -101,8 +101,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--facts", type=int, default=None, help="fact groups of the set to play (default: all 5)")
     args = p.parse_args(argv)
     store = setup(args)
-    model, tokenizer = load_model(args.model)
-    result = conversation(model, tokenizer, store, lambda: load_model(args.model)[0], args.facts,
+    model, tokenizer = load_model(args.model, device=args.device)
+    result = conversation(model, tokenizer, store, lambda: load_model(args.model, device=args.device)[0], args.facts,
                           edit=edit_settings(args))
     emit({**result, "model": model_name(model), "seed": args.seed, "peak_rss_mb": peak_rss_mb()}, args, plot)
     return 0

@@ -266,7 +266,7 @@ def run_mode(model, tokenizer, records, mode: str, args, store: Path, base: tupl
             break
         batch = records[done: done + args.batch]
         clock = time.perf_counter()
-        memory.inject_now([r.fact for r in batch], source="benchmark")
+        memory.inject_now([r.fact for r in batch], source="benchmark", together=True)
         run.edit_seconds += [(time.perf_counter() - clock) / len(batch)] * len(batch)
         done += len(batch)
         bar.update(len(batch))
@@ -309,7 +309,7 @@ def main(argv: list[str]) -> int:
                                               "temporary folder)")
     args = p.parse_args(argv)
     store = setup(args)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, device=args.device)
     records = load_records(args.records or data_dir() / "counterfact_dev_3000.json", args.format, args.n, args.seed)
     heldout = "\n\n".join(ensure_corpus().heldout_articles())
     base_figures, base_scores, base_loc = unedited(model, tokenizer, records, args, heldout, store)

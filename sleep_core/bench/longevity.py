@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--cap", type=int, default=60, help="stored facts kept; the oldest beyond it are forgotten")
     args = p.parse_args(argv)
     store = setup(args)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, device=args.device)
     facts = seed_pool(args.days * args.facts, args.seed)
     result = longevity(model, tokenizer, facts, store, args.days, args.facts, args.cap, edit=edit_settings(args))
     emit({**result, "model": model_name(model), "seed": args.seed, "peak_rss_mb": peak_rss_mb()}, args, plot)

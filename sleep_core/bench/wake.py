@@ -72,7 +72,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     check_backend(p, args)
     store = setup(args)
-    model, tokenizer = load_model(args.model, args.dtype, args.quantize, args.backend)
+    model, tokenizer = load_model(args.model, args.dtype, args.quantize, args.backend, args.device)
     pool = seed_pool(args.facts * 2, args.seed)
     facts, others = pool[: args.facts], pool[args.facts:]
     heldout = "\n\n".join(ensure_corpus().heldout_articles())
