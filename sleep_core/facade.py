@@ -126,13 +126,15 @@ class Memory:
             for record in records:
                 batch.pop(record.fact.key, None)      # the later value wins and keeps its place in the order
                 batch[record.fact.key] = record
+            def says_the_same(r: FactRecord) -> bool:     # r's object is the one the batch writes for its key
+                return r.object.lower() == batch[r.fact.key].object.lower()
             active = self.active_records()
             same = [r for r in active if r.fact.key in batch]
-            duplicates = [batch[r.fact.key] for r in same if r.object.lower() == batch[r.fact.key].object.lower()]
+            duplicates = [batch[r.fact.key] for r in same if says_the_same(r)]
             new = [r for r in batch.values() if r not in duplicates]
             superseded = [r for r in same if r.fact.key in {n.fact.key for n in new}]
             outvoted = [r for r in records if r is not batch[r.fact.key]]
-            repeated = [r for r in outvoted if r.object.lower() == batch[r.fact.key].object.lower()]
+            repeated = [r for r in outvoted if says_the_same(r)]
             if duplicates + repeated:      # a duplicate is not injected twice
                 self.store.drop_edits([r.id for r in duplicates + repeated], delete=True)
             if stale := [r.id for r in outvoted if r not in repeated]:

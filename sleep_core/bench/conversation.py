@@ -4,6 +4,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from ..editing.hparams import EditConfig
@@ -101,8 +102,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--facts", type=int, default=None, help="fact groups of the set to play (default: all 5)")
     args = p.parse_args(argv)
     store = setup(args)
-    model, tokenizer = load_model(args.model, device=args.device)
-    result = conversation(model, tokenizer, store, lambda: load_model(args.model, device=args.device)[0], args.facts,
-                          edit=edit_settings(args))
+    load = partial(load_model, args.model, device=args.device)     # again for the restart
+    model, tokenizer = load()
+    result = conversation(model, tokenizer, store, lambda: load()[0], args.facts, edit=edit_settings(args))
     emit({**result, "model": model_name(model), "seed": args.seed, "peak_rss_mb": peak_rss_mb()}, args, plot)
     return 0
