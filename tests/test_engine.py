@@ -105,12 +105,35 @@ def test_a_target_that_is_reached_stops_costing_steps(tiny_llama, tokenizer, mon
     running = int((batch.target != start.argmax()).sum())
     assert sum(prepared) == len(batch.fact) + running      # regrouped once, without the finished target's rows
     prepared.clear()
-    monkeypatch.setattr(values, "REGROUP", 0.0)
+    monkeypatch.setattr(values, "grouping", lambda adapter: (values.BY_TOKENS[0], 0.0))
     kept = adapter.optimize_targets(batch, layer, cfg)
     assert sum(prepared) == len(batch.fact)
     assert int(start.argmax()) == int(pruned.delta.norm(dim=1).argmin()) and pruned.delta.norm(dim=1).min() == 0
     assert torch.allclose(pruned.delta, kept.delta, atol=1e-6) and torch.equal(pruned.h0, kept.h0)
     assert torch.allclose(pruned.prob, kept.prob)
+
+
+def test_on_a_gpu_every_row_runs_in_one_group_to_the_end(tiny_llama, tokenizer, monkeypatch):
+    """A GPU step costs per kernel launch: rows of any length run padded in one group per kind (with and without
+    a prefix to cache), never regrouped, and the padding changes nothing."""
+    import sleep_core.editing.values as values
+    from sleep_core.editing.prompts import build_batch
+    adapter = ModelAdapter(tiny_llama)
+    cfg = EditConfig(v_steps=6, v_bf16=False)
+    batch = build_batch(tokenizer, FACTS, cfg)
+    ratio, _ = values.BY_TOKENS
+    kinds = len({bool(p > 0) for p in batch.subject_pos.tolist()})
+    assert len(values.suffix_groups(batch, ratio)) > kinds      # on a CPU the lengths split the rows further
+    prepared, prepare = [], values._prepare
+    monkeypatch.setattr(values, "_prepare", lambda a, b, rows: prepared.append(len(rows)) or prepare(a, b, rows))
+    by_tokens = adapter.optimize_targets(batch, adapter.layers[-1], cfg)
+    prepared.clear()
+    monkeypatch.setattr(values, "grouping", lambda adapter: values.BY_LAUNCHES)
+    by_launches = adapter.optimize_targets(batch, adapter.layers[-1], cfg)
+    assert len(prepared) == kinds and sum(prepared) == len(batch.fact)
+    assert by_launches.steps == by_tokens.steps
+    assert torch.allclose(by_launches.delta, by_tokens.delta, atol=1e-5)
+    assert torch.allclose(by_launches.h0, by_tokens.h0)
 
 
 def test_a_key_gives_chat_questions_their_share(tokenizer):

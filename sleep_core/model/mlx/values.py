@@ -20,7 +20,7 @@ from mlx_lm.models.cache import BatchKVCache
 
 from ...editing.hparams import EditConfig
 from ...editing.prompts import PromptBatch
-from ...editing.values import Targets, rows_to_regroup, split_at_subject, suffix_groups, targets_reached
+from ...editing.values import BY_TOKENS, Targets, rows_to_regroup, split_at_subject, suffix_groups, targets_reached
 from .capture import capture
 from .convert import to_mx, to_torch
 
@@ -122,7 +122,8 @@ def optimize_targets(adapter: MlxAdapter, batch: PromptBatch, layer: int, cfg: E
     answers_per_row = batch.answer_mask[:, 1:].sum(1).clamp(min=1)
     rewrites_per_fact = torch.bincount(batch.fact[batch.rewrite], minlength=n).clamp(min=1)
     weights = batch.rewrite / (answers_per_row * rewrites_per_fact[batch.fact])
-    groups = [_prepare(adapter, batch, rows, layer, weights) for rows in suffix_groups(batch)]
+    ratio, share = BY_TOKENS     # unmeasured on Apple GPUs: the CPU's grouping, as before
+    groups = [_prepare(adapter, batch, rows, layer, weights) for rows in suffix_groups(batch, ratio)]
     running = P
     h0 = torch.zeros(P, d)
     for g in groups:
@@ -142,8 +143,8 @@ def optimize_targets(adapter: MlxAdapter, batch: PromptBatch, layer: int, cfg: E
     delta, reference = mx.zeros((t, d)), {}      # reference: unedited log-probabilities at each KL prompt's end
     done, prob = np.zeros(t, dtype=bool), np.zeros(n, dtype=np.float32)
     for step in range(1, cfg.v_steps + 1):
-        if (live := rows_to_regroup(batch, torch.from_numpy(done), running)) is not None:
-            groups = [_prepare(adapter, batch, rows, layer, weights) for rows in suffix_groups(batch, live)]
+        if (live := rows_to_regroup(batch, torch.from_numpy(done), running, share)) is not None:
+            groups = [_prepare(adapter, batch, rows, layer, weights) for rows in suffix_groups(batch, ratio, live)]
             running = len(live)
         log_p0 = [mx.stack([reference[r] for r in g.kl_rows]) if reference and g.kl_rows else None for g in groups]
         (_, nll, log_ps, token_nll), grad = loss_and_grad(delta, log_p0)
