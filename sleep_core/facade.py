@@ -103,7 +103,7 @@ class Memory:
         return LearnResult(candidates, rejected, self.config.learn)
 
     def add(self, fact: Fact, source_text: str = "", source: str = "chat") -> int:
-        """Store `fact` as pending and queue it; the worker injects it with the facts queued meanwhile."""
+        """Store `fact` as pending and queue it; it is injected by the worker."""
         fact_id = self.store.add_fact(fact, source_text, source)
         self.worker.put(fact_id)
         return fact_id
@@ -165,20 +165,18 @@ class Memory:
             self.store.bump("wake_edits", len(new))     # drowsiness counts facts, as the wake capacity does
             return {r.id: edits[r.id] for r in new}
 
-    def _inject_queued(self, fact_ids: list[int]) -> None:
-        """The worker's step: while the host's lock times out (the model is busy), the facts stay queued."""
+    def _inject_queued(self, fact_id: int) -> None:
+        """The worker's step: while the host's lock times out (the model is busy), the fact stays queued."""
         try:
-            self._wake_step(fact_ids)
+            self._wake_step(fact_id)
         except TimeoutError as error:
-            log.info("facts %s wait for the model: %s", fact_ids, error)
+            log.info("fact %s waits for the model: %s", fact_id, error)
             time.sleep(BUSY_RETRY_SECONDS)
-            for fact_id in fact_ids:
-                self.worker.put(fact_id)
+            self.worker.put(fact_id)
 
-    def _wake_step(self, fact_ids: list[int]) -> None:
-        """The worker's unit of work: the facts queued together in one solve, then a sleep if the model has become
-        drowsy."""
-        self.inject_together(fact_ids)
+    def _wake_step(self, fact_id: int) -> None:
+        """The worker's unit of work: inject, then sleep if the model has become drowsy."""
+        self.inject(fact_id)
         pressure = self.drowsiness()
         if self.config.auto_sleep and pressure >= self.config.drowsiness_threshold:
             log.info("drowsiness %.2f reached %.2f: sleeping", pressure, self.config.drowsiness_threshold)
