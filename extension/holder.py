@@ -116,6 +116,7 @@ class MemoryHolder:
 
 def _apply_live_settings(config, settings: dict) -> None:
     config.learn, config.auto_sleep = bool(settings["learn"]), bool(settings["auto_sleep"])
+    config.replay = bool(settings["replay"])
     if float(settings["drowsiness_threshold"]) > 0:
         config.drowsiness_threshold = float(settings["drowsiness_threshold"])
     config.max_facts = fact_cap(settings)

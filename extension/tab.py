@@ -96,6 +96,8 @@ class MemoryTab:
                     "learn": gr.Checkbox(values["learn"], label="Learn from chat messages"),
                     "learn_from_api": gr.Checkbox(values["learn_from_api"], label="Learn from API requests"),
                     "auto_sleep": gr.Checkbox(values["auto_sleep"], label="Sleep automatically when drowsy"),
+                    "replay": gr.Checkbox(values["replay"], label="Sleep learns every fact again from the pristine "
+                                          "weights (less perplexity drift; as slow as learning them all)"),
                     "allow_multi_user": gr.Checkbox(values["allow_multi_user"], visible=show_multi_user,
                                                     label="Learn in multi-user mode (all users share the weights)"),
                 }

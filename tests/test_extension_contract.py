@@ -342,3 +342,12 @@ def test_ui_builds_inside_the_hosts_tab(extension, shared):
         with gr.Tab(extension.params["display_name"]):
             extension.ui()
     assert "sllm-facts" in {getattr(block, "elem_id", None) for block in shared.gradio["interface"].blocks.values()}
+
+
+def test_the_sleep_settings_reach_the_memory_config_and_change_live(tmp_path):
+    from extension.holder import _apply_live_settings
+    from extension.settings import DEFAULTS, memory_config
+    config = memory_config({**DEFAULTS, "replay": True, "max_facts": 5}, tmp_path)
+    assert config.replay and config.max_facts == 5
+    _apply_live_settings(config, dict(DEFAULTS))
+    assert not config.replay and config.max_facts is None

@@ -133,6 +133,39 @@ def test_over_the_cap_a_sleep_drops_the_oldest_unpinned_facts_and_says_so(tiny_l
     memory.close()
 
 
+def test_a_replay_learns_every_fact_again_from_the_pristine_weights(tiny_llama, tokenizer, store_dir, monkeypatch):
+    import sleep_core.cycle.sleep as sleep
+    memory = _memory(tiny_llama, tokenizer, store_dir)
+    kaito = Fact("Kaito", "works as", "cartographer", ("What does Kaito work as?",))
+    dog, aria, kaito_id = memory.inject_now([DOG, FACTS[1], kaito])
+    layer = memory.adapter.layers[0]
+    solves, compute = [], sleep.compute_edits
+    monkeypatch.setattr(sleep, "compute_edits", lambda adapter, tok, facts, cfg, priors, stored: solves.append(
+        ([f.object for f in facts], stored[layer].shape[1])) or compute(adapter, tok, facts, cfg, priors, stored))
+    monkeypatch.setattr(sleep, "REPLAY_CHUNK", 2)
+    sleep._replay(memory, memory.active_records())
+    assert solves == [(["Biscuit", "Portland"], 0), (["cartographer"], 4)], "chunks of two, the first's keys protected"
+    replayed = memory.ledger.snapshot()
+    memory.forget_everything()          # the first chunk is what the two facts learned together from pristine give
+    again = memory.inject_now([DOG, FACTS[1]], together=True)
+    for old, new in zip((dog, aria), again):
+        assert torch.allclose(replayed[old].a[layer], memory.ledger.columns[new].a[layer])
+        assert torch.allclose(replayed[old].b[layer], memory.ledger.columns[new].b[layer])
+    memory.close()
+
+
+def test_a_sleep_with_replay_replays_before_it_refreshes(tiny_llama, tokenizer, store_dir, monkeypatch):
+    import sleep_core.cycle.sleep as sleep
+    memory = _memory(tiny_llama, tokenizer, store_dir, replay=True)
+    ids = memory.inject_now(FACTS)
+    _damage(memory, ids[0])
+    replays = []
+    monkeypatch.setattr(sleep, "_replay", lambda memory, records: replays.append([r.id for r in records]))
+    report = memory.sleep()
+    assert replays == [ids] and "consolidate" in report.timings
+    memory.close()
+
+
 def test_consolidation_writes_each_facts_share_exactly_at_its_own_key(tiny_llama, tokenizer, store_dir):
     from sleep_core.editing.consolidate import consolidate
     memory = _memory(tiny_llama, tokenizer, store_dir)

@@ -235,8 +235,9 @@ def run_mode(model, tokenizer, records, mode: str, args, store: Path, base: tupl
     stopped run kept in the same `store`."""
     base_scores, base_loc, heldout = base
     path = store / mode / "run.json"
-    run = RunLog.open(path, {**stream(args), "batch": args.batch, "sleep_every": args.sleep_every})
-    memory = open_memory(model, tokenizer, bench_config(store / mode, mode, edit_settings(args)))
+    run = RunLog.open(path, {**stream(args), "batch": args.batch, "sleep_every": args.sleep_every,
+                             "replay": args.replay})
+    memory = open_memory(model, tokenizer, bench_config(store / mode, mode, edit_settings(args), replay=args.replay))
     done = stored_edits(memory, records)
     if done:
         run.resumed_at.append(done)
@@ -303,6 +304,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--mode", default="constrained", help=f"one or several of {MODES}, comma-separated")
     p.add_argument("--sleep-every", type=int, default=0, help="sleep after every K edits (0: never)")
     p.add_argument("--checkpoints", default="10,100,1000", type=lambda s: [int(c) for c in s.split(",")])
+    p.add_argument("--replay", action="store_true", help="sleep learns every fact again from the pristine weights "
+                                                          "(MemoryConfig.replay) instead of consolidating its columns")
     p.add_argument("--bare", action="store_true", help="raw probes without the neutral lead-in (RAW_CONTEXT)")
     p.add_argument("--store", type=Path, help="keep the memory store and the figures so far here; a stopped run "
                                               "continues when given the same folder and settings (default: a new "
@@ -318,7 +321,7 @@ def main(argv: list[str]) -> int:
     result = {"benchmark": "zsre" if args.format == "zsre" else "counterfact",
               "model": model.config._name_or_path.rstrip("/").split("/")[-1], "records": len(records),
               "batch": args.batch, "seed": args.seed, "mode": runs[0]["mode"], "sleep_every": args.sleep_every,
-              "base": base_figures, "checkpoints": runs[0]["checkpoints"], "runs": runs,
+              "replay": args.replay,              "base": base_figures, "checkpoints": runs[0]["checkpoints"], "runs": runs,
               "peak_rss_mb": peak_rss_mb()}
     emit(result, args, plot)
     return 0

@@ -1,4 +1,5 @@
-"""Sleep: audit; consolidate (every fact's columns re-solved jointly, see editing/consolidate.py); refresh the
+"""Sleep: audit; consolidate (every fact's columns re-solved jointly, see editing/consolidate.py, or every fact learned
+again from the pristine weights with `MemoryConfig.replay`); refresh the
 facts still degraded in place under constraints; validate recall and perplexity; commit or roll back exactly.
 
 A refresh reverts a degraded fact's columns and solves new ones with every healthy fact's keys protected;
@@ -18,6 +19,7 @@ from ..memory.facts import about
 from .audit import Audit, audit
 
 log = logging.getLogger(__name__)
+REPLAY_CHUNK = 100     # facts per joint solve of a replay: measured at 100 (README, "Sleep"); bounds its memory
 
 
 @dataclass
@@ -41,7 +43,7 @@ class SleepReport:
     ppl_before: float = 0.0
     ppl_after: float = 0.0
     refreshed: list[int] = field(default_factory=list)
-    consolidated: bool = False      # every fact's columns were re-solved jointly
+    consolidated: bool = False      # every fact's columns were re-solved jointly (or replayed, `MemoryConfig.replay`)
     dropped: list[dict] = field(default_factory=list)    # facts over the cap, each with the reason
     facts: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -88,13 +90,16 @@ def _refresh_and_validate(memory, records, degraded, before: Audit, report: Slee
     facts = [r.fact for r in records]
     snapshot = ledger.snapshot()
     clock = time.perf_counter()
-    if memory.config.consolidate and len(records) > 1:
+    if (memory.config.replay or memory.config.consolidate) and len(records) > 1:
         progress(Progress("consolidate", 0.2, f"re-solving {len(records)} facts jointly"))
-        ledger.restore(consolidate(snapshot, memory.priors(), memory.config.edit))
+        if memory.config.replay:
+            _replay(memory, records)
+        else:
+            ledger.restore(consolidate(snapshot, memory.priors(), memory.config.edit))
         recall = dict(zip([r.id for r in records], raw_recall(model, tok, facts)))
         if sum(recall.values()) >= sum(before.raw.values()):
             report.consolidated = True
-            degraded = [r for r in degraded if not recall[r.id]]
+            degraded = [r for r in records if not recall[r.id]]      # those it tipped over too
         else:
             ledger.restore(snapshot)
     report.timings["consolidate"] = time.perf_counter() - clock
@@ -144,6 +149,31 @@ def regression(report: SleepReport, ppl_tolerance: float) -> str:
         return "recall fell"
     gained = report.recall_after - report.recall_before
     return "chat recall fell" if report.chat_recall_after + gained < report.chat_recall_before else ""
+
+
+def _replay(memory, records) -> None:
+    """Every stored fact learned again from the pristine weights, targets optimised anew, REPLAY_CHUNK facts a MEMIT batch
+    (Meng et al. 2023, Alg. 1) with the earlier chunks' keys protected; a subject's facts stay in one chunk (they
+    share a target). Unlike a stream of wake edits, no target is found against the edits of unrelated facts."""
+    ledger = memory.ledger
+    ledger.clear()
+    ledger.rebuild()
+    by_subject: dict[str, list] = {}
+    for r in records:
+        by_subject.setdefault(r.fact.subject_key, []).append(r)
+    batches, batch = [], []
+    for kin in by_subject.values():
+        if batch and len(batch) + len(kin) > REPLAY_CHUNK:
+            batches.append(batch)
+            batch = []
+        batch += kin
+    for part in batches + [batch]:
+        stored = {l: ledger.keys(l) for l in memory.adapter.layers}
+        edits = compute_edits(memory.adapter, memory.tokenizer, [r.fact for r in part], memory.config.edit,
+                              memory.priors(), stored)
+        for r, edit in zip(part, edits):
+            ledger.set(r.id, edit)
+        ledger.rebuild()
 
 
 def _refresh(memory, records, degraded) -> list:
