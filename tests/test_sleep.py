@@ -166,6 +166,32 @@ def test_a_sleep_with_replay_replays_before_it_refreshes(tiny_llama, tokenizer, 
     memory.close()
 
 
+def test_a_sleep_that_fails_midway_leaves_the_weights_and_the_store_as_they_were(
+        tiny_llama, tokenizer, store_dir, monkeypatch):
+    import sleep_core.cycle.sleep as sleep
+    memory = _memory(tiny_llama, tokenizer, store_dir, replay=True)
+    kaito = Fact("Kaito", "works as", "cartographer", ("What does Kaito work as?",))
+    ids = memory.inject_now(FACTS + [kaito])
+    _damage(memory, ids[0])
+    before, columns = _weights(memory), memory.ledger.snapshot()
+    solves, compute = [], sleep.compute_edits
+
+    def failing(*args, **kwargs):        # the replay has cleared the ledger and written its first chunk
+        solves.append(len(args[2]))
+        if len(solves) == 2:
+            raise FloatingPointError("the solve produced non-finite factors; nothing was written")
+        return compute(*args, **kwargs)
+    monkeypatch.setattr(sleep, "compute_edits", failing)
+    monkeypatch.setattr(sleep, "REPLAY_CHUNK", 2)
+    with pytest.raises(FloatingPointError):
+        memory.sleep()
+    assert solves == [2, 1]
+    assert memory.ledger.snapshot() == columns
+    assert all(torch.equal(before[l], memory.adapter.read_weight(l)) for l in before)
+    assert memory.sleep_reports() == [] and {r.id for r in memory.active_records()} == set(ids)
+    memory.close()
+
+
 def test_consolidation_writes_each_facts_share_exactly_at_its_own_key(tiny_llama, tokenizer, store_dir):
     from sleep_core.editing.consolidate import consolidate
     memory = _memory(tiny_llama, tokenizer, store_dir)

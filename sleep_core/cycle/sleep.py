@@ -80,15 +80,19 @@ def run_sleep(memory, report: SleepReport, progress: Callable[[Progress], None],
         return before
 
     with memory.weight_lock():   # the audit above only reads weights; chat may go on meanwhile
-        return _refresh_and_validate(memory, records, degraded, before, report, progress)
+        snapshot = memory.ledger.snapshot()
+        try:
+            return _refresh_and_validate(memory, records, degraded, before, report, progress, snapshot)
+        except BaseException:
+            memory.ledger.restore(snapshot)     # a failed step (a solve, a probe) leaves the weights as they were
+            raise
 
 
 def _refresh_and_validate(memory, records, degraded, before: Audit, report: SleepReport,
-                          progress: Callable[[Progress], None]) -> Audit:
-    """Consolidate, refresh the facts still degraded in place, re-measure, then commit or roll back exactly."""
+                          progress: Callable[[Progress], None], snapshot: dict) -> Audit:
+    """Consolidate, refresh the facts still degraded in place, re-measure, then commit or roll back to `snapshot`."""
     model, tok, ledger = memory.adapter.model, memory.tokenizer, memory.ledger
     facts = [r.fact for r in records]
-    snapshot = ledger.snapshot()
     clock = time.perf_counter()
     if (memory.config.replay or memory.config.consolidate) and len(records) > 1:
         progress(Progress("consolidate", 0.2, f"re-solving {len(records)} facts jointly"))
@@ -152,28 +156,19 @@ def regression(report: SleepReport, ppl_tolerance: float) -> str:
 
 
 def _replay(memory, records) -> None:
-    """Every stored fact learned again from the pristine weights, targets optimised anew, REPLAY_CHUNK facts a MEMIT batch
-    (Meng et al. 2023, Alg. 1) with the earlier chunks' keys protected; a subject's facts stay in one chunk (they
-    share a target). Unlike a stream of wake edits, no target is found against the edits of unrelated facts."""
-    ledger = memory.ledger
-    ledger.clear()
-    ledger.rebuild()
-    by_subject: dict[str, list] = {}
-    for r in records:
-        by_subject.setdefault(r.fact.subject_key, []).append(r)
-    batches, batch = [], []
-    for kin in by_subject.values():
-        if batch and len(batch) + len(kin) > REPLAY_CHUNK:
-            batches.append(batch)
-            batch = []
-        batch += kin
-    for part in batches + [batch]:
-        stored = {l: ledger.keys(l) for l in memory.adapter.layers}
-        edits = compute_edits(memory.adapter, memory.tokenizer, [r.fact for r in part], memory.config.edit,
-                              memory.priors(), stored)
-        for r, edit in zip(part, edits):
-            ledger.set(r.id, edit)
-        ledger.rebuild()
+    """Every stored fact learned again from the pristine weights, targets optimised anew, REPLAY_CHUNK facts a MEMIT
+    batch (Meng et al. 2023, Alg. 1) with the earlier chunks' keys protected; a subject's facts stay in one chunk
+    (they share a target). Unlike a stream of wake edits, no target is found against the edits of unrelated facts."""
+    memory.ledger.clear()
+    memory.ledger.rebuild()
+    chunk: list = []
+    for subject in dict.fromkeys(r.fact.subject_key for r in records):
+        kin = about(records, {subject})
+        if chunk and len(chunk) + len(kin) > REPLAY_CHUNK:
+            _solve(memory, chunk, memory.config.edit)
+            chunk = []
+        chunk += kin
+    _solve(memory, chunk, memory.config.edit)
 
 
 def _refresh(memory, records, degraded) -> list:
@@ -188,9 +183,15 @@ def _refresh(memory, records, degraded) -> list:
     cfg = replace(config.edit, mode="constrained", v_stop_prob=max(config.edit.v_stop_prob, config.refresh_stop_prob),
                   v_steps=round(config.edit.v_steps * config.refresh_step_factor),
                   clamp_norm=max(config.edit.clamp_norm, config.refresh_clamp))
-    stored = {l: ledger.keys(l) for l in memory.adapter.layers}
-    for r, e in zip(degraded, compute_edits(memory.adapter, memory.tokenizer, [r.fact for r in degraded], cfg,
-                                            memory.priors(), stored)):
-        ledger.set(r.id, e)
-    ledger.rebuild()
+    _solve(memory, degraded, cfg)
     return degraded
+
+
+def _solve(memory, records, cfg) -> None:
+    """New columns for `records`, solved together with every fact already in the ledger protected."""
+    ledger = memory.ledger
+    stored = {l: ledger.keys(l) for l in memory.adapter.layers}
+    edits = compute_edits(memory.adapter, memory.tokenizer, [r.fact for r in records], cfg, memory.priors(), stored)
+    for r, edit in zip(records, edits):
+        ledger.set(r.id, edit)
+    ledger.rebuild()
