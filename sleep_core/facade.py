@@ -14,7 +14,7 @@ from .cycle.wake import InjectionWorker
 from .editing.covariance import cached_moments
 from .editing.memit import compute_edits
 from .editing.solve import LayerPrior, make_prior
-from .extract import Candidate, Rejection, extract, names_from
+from .extract import Candidate, Rejection, extract, names_from, relatives
 from .memory.facts import Fact, FactEdit, about
 from .memory.ledger import WeightLedger
 from .memory.store import FactRecord, Store, StoreError, export_document, now, read_document
@@ -48,6 +48,7 @@ class Memory:
         self._priors: dict[int, LayerPrior] | None = None
         self._busy = threading.RLock()
         self.problems: list[str] = []
+        self._mentioned: list[str] = []     # relatives of the chat's earlier messages, for "she" in the next one
         self._reload()
         self.worker = InjectionWorker(self._inject_queued)
         for record in self.store.facts(status="pending"):
@@ -96,7 +97,9 @@ class Memory:
     # wake
     def learn(self, text: str, source: str = "chat") -> LearnResult:
         """Extract facts from one user message and queue the accepted ones for injection."""
-        candidates, rejected = extract(text, source, names=names_from(r.fact for r in self.active_records()))
+        candidates, rejected = extract(text, source, names=names_from(r.fact for r in self.active_records()),
+                                       mentioned=self._mentioned)
+        self._mentioned = relatives((c.subject for c in candidates), self._mentioned)
         if self.config.learn:
             for c in candidates:
                 self.add(c.fact, c.source_text, source)
@@ -214,6 +217,7 @@ class Memory:
             self.ledger.clear()
             self.ledger.rebuild()
         self.store.clear()
+        self._mentioned = []
 
     def export_json(self) -> dict:
         """Every current fact as text, with this model's fingerprint; superseded values are left out."""

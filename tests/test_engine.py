@@ -1,5 +1,7 @@
 """The engine on tiny random models: revert is bitwise, factors have the right rank, the store round-trips,
 another model's store is refused, unknown architectures get a clear error."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -366,3 +368,17 @@ def test_conv1d_orientation_round_trips(make_tiny):
     matrix = adapter.as_matrix(stored)
     assert matrix.shape == (adapter.d_model, adapter.d_in)
     assert torch.equal(adapter.to_stored(matrix, like=stored), stored)
+
+
+def test_a_pronoun_in_the_next_message_is_about_the_relative_of_the_last(tiny_llama, tokenizer, store_dir):
+    """`Memory.learn` carries the relatives of a chat's messages to the next one; forgetting everything ends that."""
+    memory = Memory.open(tiny_llama, tokenizer, replace(_config(store_dir), learn=False))
+    try:
+        memory.learn("My brother is named Tomas.")
+        memory.learn("I live in Leeds.")
+        said = memory.learn("He is a pilot.").accepted
+        assert [(c.subject, c.relation, c.object) for c in said] == [("my brother", "works as", "a pilot")]
+        memory.forget_everything()
+        assert memory.learn("He is a pilot.").accepted == []
+    finally:
+        memory.close()

@@ -16,9 +16,13 @@ from .common import bench_config, edit_settings, emit, load_model, model_name, o
 log = logging.getLogger(__name__)
 
 
-def conversation_set(groups: int | None = None) -> tuple[list[dict], list[str]]:
-    """The first `groups` fact groups (statements and recall questions) and the distractor turns."""
-    data = json.loads((data_dir() / "seed_conversation_facts.json").read_text())
+# the reference's set, and a second one written for this project (more relatives, pronouns across messages)
+SETS = {"seed": "seed_conversation_facts.json", "more": "conversation_more.json"}
+
+
+def conversation_set(groups: int | None = None, name: str = "seed") -> tuple[list[dict], list[str]]:
+    """The first `groups` fact groups (statements and recall questions) and the distractor turns of set `name`."""
+    data = json.loads((data_dir() / SETS[name]).read_text())
     return data["facts"][:groups], data["distractor_conversation"]
 
 
@@ -56,10 +60,10 @@ def play(memory: Memory, groups: list[dict], distractors: list[str]) -> list[dic
 
 
 def conversation(model, tokenizer, store: Path, reload: Callable[[], object], groups: int | None = None,
-                 edit: EditConfig | None = None, **config) -> dict:
+                 edit: EditConfig | None = None, set_name: str = "seed", **config) -> dict:
     """`reload` gives a fresh model object with the pristine weights, as a restarted process would load;
     `config`: further MemoryConfig fields."""
-    facts, distractors = conversation_set(groups)
+    facts, distractors = conversation_set(groups, set_name)
     questions = [q for g in facts for q in g["recall_questions"]]
     before = ask(model, tokenizer, questions)
     memory = open_memory(model, tokenizer, bench_config(store, "constrained", edit, **config))
@@ -74,7 +78,7 @@ def conversation(model, tokenizer, store: Path, reload: Callable[[], object], gr
     finally:
         memory.close(restore_weights=True)
     (recall, hits), (recall_restart, hits_restart) = summary(after), summary(restarted)
-    return {"benchmark": "conversation", "groups": len(facts), "questions": len(questions),
+    return {"benchmark": "conversation", "set": set_name, "groups": len(facts), "questions": len(questions),
             "chat_recall_before": summary(before)[0], "chat_recall": recall, "chat_recall_after_restart":
             recall_restart, "forbidden_hits": hits, "forbidden_hits_after_restart": hits_restart,
             "facts_learned": sum(len(t["facts"]) for t in learned), "sleep": report.reason,
@@ -91,7 +95,7 @@ def plot(result: dict, target) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar(labels, values)
     ax.set(ylabel="chat recall", ylim=(0, 1.05),
-           title=f"{result['questions']} questions, conversational set, {result['model']}")
+           title=f"{result['questions']} questions, {result['set']} conversational set, {result['model']}")
     fig.tight_layout()
     fig.savefig(target, dpi=120)
     plt.close(fig)
@@ -99,11 +103,14 @@ def plot(result: dict, target) -> None:
 
 def main(argv: list[str]) -> int:
     p = parser("conversation", __doc__)
-    p.add_argument("--facts", type=int, default=None, help="fact groups of the set to play (default: all 5)")
+    p.add_argument("--facts", type=int, default=None, help="fact groups of the set to play (default: all)")
+    p.add_argument("--set", choices=SETS, default="seed",
+                   help="seed: the reference's 5 groups, 15 questions; more: 7 groups, 23 questions written here")
     args = p.parse_args(argv)
     store = setup(args)
     load = partial(load_model, args.model, device=args.device)     # again for the restart
     model, tokenizer = load()
-    result = conversation(model, tokenizer, store, lambda: load()[0], args.facts, edit=edit_settings(args))
+    result = conversation(model, tokenizer, store, lambda: load()[0], args.facts, edit=edit_settings(args),
+                          set_name=args.set)
     emit({**result, "model": model_name(model), "seed": args.seed, "peak_rss_mb": peak_rss_mb()}, args, plot)
     return 0

@@ -6,7 +6,7 @@ user's later question words it: "my name" (What is my name?), "my sister" (Where
 """
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .candidate import NAME_RELATION, Candidate, Rejection, rejection
@@ -241,10 +241,11 @@ OTHER_RULES = (
 
 
 def extract_patterns(
-    sentences: list[str], names: Mapping[str, str] | None = None
+    sentences: list[str], names: Mapping[str, str] | None = None, mentioned: Sequence[str] = ()
 ) -> tuple[list[Candidate], list[Rejection]]:
-    """Facts from sentences that passed the firewall; `names` maps known names to subjects ("Andre" -> "my son")."""
-    context = Context(names=dict(names or {}))
+    """Facts from sentences that passed the firewall; `names` maps known names to subjects ("Andre" -> "my son"),
+    `mentioned` lists the relatives earlier messages spoke of, oldest first, for a pronoun that opens this one."""
+    context = Context(names=dict(names or {}), mentioned=list(mentioned))
     candidates: list[Candidate] = []
     rejections: list[Rejection] = []
     for sentence in sentences:

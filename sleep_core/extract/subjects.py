@@ -1,7 +1,7 @@
 """Who a clause is about: the user's relatives and pets ("my sister"), their names, and pronouns."""
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .candidate import NAME_RELATION
@@ -108,3 +108,13 @@ def names_from(facts: Iterable) -> dict[str, str]:
         if fact.relation == NAME_RELATION and is_name(fact.object):
             context.name(fact.object, fact.subject)
     return context.names
+
+
+def relatives(subjects: Iterable[str], earlier: Sequence[str] = (), keep: int = 8) -> list[str]:
+    """`earlier` then the relatives among `subjects` ("my sister", not "my name"), each once and most recent last:
+    what a pronoun in the next message may refer to (the `mentioned` of `extract`)."""
+    context = Context(mentioned=list(earlier))
+    for subject in subjects:
+        if (m := _MY_RELATIVE.match(subject)) and not m["rest"].strip():
+            context.mention(subject)
+    return context.mentioned[-keep:]
