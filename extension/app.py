@@ -134,7 +134,7 @@ def _chat_tab(chat: ChatModel, holder: MemoryHolder) -> None:
             yield user_text, history, history, f"Busy (the model may be sleeping): {error}. Try again."
             return
         answered = [*asked, {"role": "assistant", "content": reply}]
-        yield "", answered, answered, _learned_note(holder, user_text)
+        yield "", answered, answered, _learned_note(holder, user_text, new_chat=not history)
 
     for event in (send.click, text.submit):
         event(respond, [text, messages], [text, chatbot, messages, learned])
@@ -146,12 +146,12 @@ def _messages_format() -> dict:
     return {"type": "messages"} if "type" in inspect.signature(gr.Chatbot.__init__).parameters else {}
 
 
-def _learned_note(holder: MemoryHolder, user_text: str) -> str:
+def _learned_note(holder: MemoryHolder, user_text: str, new_chat: bool) -> str:
     """Teach the model the user's message and say what it took from it."""
     refusal = holder.refusal("chat")
     if refusal:
         return f"Not learning: {refusal}"
-    result = holder.learn(user_text, "chat")
+    result = holder.learn(user_text, "chat", new_chat)
     if result is None:
         return holder.notice()
     learning = [f"**{c.subject}** {c.relation} **{c.object}**" for c in result.accepted]

@@ -79,12 +79,12 @@ class MemoryHolder:
     def refusal(self, source: str) -> str | None:
         return learning_refusal(self.settings, source, self._multi_user())
 
-    def learn(self, text: str, source: str) -> LearnResult | None:
+    def learn(self, text: str, source: str, new_chat: bool = False) -> LearnResult | None:
         """Teach the model one user message if policy allows; None when it may not."""
         if self.refusal(source) is not None:
             return None
         memory = self.memory()
-        return memory.learn(text, source=source) if memory is not None else None
+        return memory.learn(text, source=source, new_chat=new_chat) if memory is not None else None
 
     def close(self) -> None:
         with self._opening:

@@ -61,7 +61,8 @@ def chat_input_modifier(text, visible_text, state):
         holder = host.holder(params)
         _safely(holder.memory)  # a newly loaded model gets its stored memory before it answers
         if holder.refusal(source) is None:
-            state[PENDING] = (text, source)
+            new_chat = not state.get("history", {}).get("internal")    # no earlier turn: "he" is nobody yet
+            state[PENDING] = (text, source, new_chat)
     return text, visible_text
 
 

@@ -95,8 +95,11 @@ class Memory:
         return "\n\n".join(ensure_corpus().heldout_articles())
 
     # wake
-    def learn(self, text: str, source: str = "chat") -> LearnResult:
-        """Extract facts from one user message and queue the accepted ones for injection."""
+    def learn(self, text: str, source: str = "chat", new_chat: bool = False) -> LearnResult:
+        """Extract facts from one user message and queue the accepted ones for injection; a message that opens a
+        chat (`new_chat`) has no earlier relatives for its pronouns."""
+        if new_chat:
+            self._mentioned = []
         candidates, rejected = extract(text, source, names=names_from(r.fact for r in self.active_records()),
                                        mentioned=self._mentioned)
         self._mentioned = relatives((c.subject for c in candidates), self._mentioned)

@@ -371,13 +371,16 @@ def test_conv1d_orientation_round_trips(make_tiny):
 
 
 def test_a_pronoun_in_the_next_message_is_about_the_relative_of_the_last(tiny_llama, tokenizer, store_dir):
-    """`Memory.learn` carries the relatives of a chat's messages to the next one; forgetting everything ends that."""
+    """`Memory.learn` carries the relatives of a chat's messages to the next one; a new chat or forgetting
+    everything ends that."""
     memory = Memory.open(tiny_llama, tokenizer, replace(_config(store_dir), learn=False))
     try:
         memory.learn("My brother is named Tomas.")
         memory.learn("I live in Leeds.")
         said = memory.learn("He is a pilot.").accepted
         assert [(c.subject, c.relation, c.object) for c in said] == [("my brother", "works as", "a pilot")]
+        assert memory.learn("He is a pilot.", new_chat=True).accepted == []
+        memory.learn("My brother is named Tomas.")
         memory.forget_everything()
         assert memory.learn("He is a pilot.").accepted == []
     finally:
