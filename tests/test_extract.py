@@ -36,7 +36,7 @@ ACCEPTED = [
     ("My brother Tom is 12 years old.", [("my brother", "'s name is", "Tom"), ("my brother", "is aged", "12")]),
     ("I'm 34.", [("my age", "is", "34")]),
     ("I speak French and German.", [("I speak", "", "French and German")]),
-    ("I studied physics.", [("I studied", "", "physics")]),
+    ("I studied physics.", [("my field of study", "is", "physics")]),
     ("I'm learning Japanese.", [("I am learning", "", "Japanese")]),
     ("My birthday is May 5.", [("my birthday", "is", "May 5")]),
     ("I have a cat named Tom. He's a Maine Coon.", [("my cat", "'s name is", "Tom"), ("my cat", "is", "a Maine Coon")]),
@@ -195,7 +195,6 @@ def test_conversation_set_coverage(path):
     extracted with the names and relatives of the messages before it, as `Memory.learn` does."""
     data = json.loads(path.read_text())
     answered = keyed = total = 0
-    unkeyed = set()
     for group in data["facts"]:
         names, mentioned, facts = {}, [], []
         for statement in group["statements"]:
@@ -206,14 +205,9 @@ def test_conversation_set_coverage(path):
         for recall in group["recall_questions"]:
             total += 1
             answered += any(_answers(c, recall, False) for c in facts)
-            if any(_answers(c, recall, True) for c in facts):
-                keyed += 1
-            else:
-                unkeyed.add(recall["question"])
+            keyed += any(_answers(c, recall, True) for c in facts)
     print(f"\n{path.name}: {answered}/{total} questions answered, {keyed}/{total} sharing the key word")
-    assert answered == total
-    # a known gap: "I studied chemistry" is keyed on "studied", which "What did I study?" does not contain
-    assert unkeyed == ({"What did I study?"} if path == MORE else set())
+    assert answered == keyed == total
     assert all(extract(text)[0] == [] for text in data["distractor_conversation"])
 
 

@@ -153,8 +153,13 @@ USER_RULES = (
     ),
     _rule(r"^I am allergic to (?P<o>.+)", "I am allergic", "to", "What am I allergic to?"),
     _rule(r"^I speak (?P<o>.+)", "I speak", "", "What language do I speak?", "Which languages do I speak?"),
+    # "What did I study?" holds "study", not "studied": the past is keyed on a tense-free wording
     _rule(
-        r"^I (?:studied|majored in|have studied|have a degree in) (?P<o>.+)", "I studied", "", "What have I studied?"
+        r"^I (?:studied|majored in|have studied|have a degree in) (?P<o>.+)",
+        "my field of study",
+        "is",
+        "What did I study?",
+        "What is my field of study?",
     ),
     _rule(r"^I (?:study|am studying) (?P<o>.+)", "I study", "", "What do I study?"),
     _rule(r"^I am learning (?P<o>.+)", "I am learning", "", "What am I learning?"),
