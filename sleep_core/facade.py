@@ -12,7 +12,7 @@ from .cycle.audit import Audit
 from .cycle.sleep import Progress, SleepReport, run_sleep
 from .cycle.wake import InjectionWorker
 from .editing.covariance import cached_moments
-from .editing.memit import compute_edits
+from .editing.memit import MAX_BATCH, compute_edits
 from .editing.solve import LayerPrior, make_prior
 from .extract import Candidate, Rejection, extract, names_from, relatives
 from .memory.facts import Fact, FactEdit, about
@@ -125,7 +125,13 @@ class Memory:
         """Write several stored facts in one solve (MEMIT's batch edit); `inject` is the batch of one.
 
         A duplicate of an active fact or of an earlier one in the batch is dropped; a later value for the same
-        subject and relation supersedes an earlier one, in the batch as in the store. Returns the new edits."""
+        subject and relation supersedes an earlier one, in the batch as in the store. More than MAX_BATCH facts are
+        written MAX_BATCH at a time, each solve protecting the facts of the ones before. Returns the new edits."""
+        if len(fact_ids) > MAX_BATCH:
+            edits = {}
+            for start in range(0, len(fact_ids), MAX_BATCH):
+                edits |= self.inject_together(fact_ids[start:start + MAX_BATCH])
+            return edits
         with self._busy:
             records = [r for r in (self.store.fact(i) for i in fact_ids) if r.status == "pending"]
             batch = {}

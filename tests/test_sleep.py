@@ -85,6 +85,23 @@ def test_facts_injected_together_are_one_solve_and_the_batch_supersedes_within_i
     memory.close()
 
 
+def test_a_batch_over_the_solve_limit_is_written_in_turn_each_protecting_the_last(
+        tiny_llama, tokenizer, store_dir, monkeypatch):
+    import sleep_core.facade as facade
+    memory = _memory(tiny_llama, tokenizer, store_dir)
+    monkeypatch.setattr(facade, "MAX_BATCH", 2)
+    solves, compute = [], facade.compute_edits
+    def spy(adapter, tokenizer, facts, cfg, priors, stored):
+        solves.append((len(facts), stored[adapter.layers[0]].shape[1]))
+        return compute(adapter, tokenizer, facts, cfg, priors, stored)
+    monkeypatch.setattr(facade, "compute_edits", spy)
+    five = [Fact(f"Person{i}", "lives in", f"Town{i}", (f"Where does Person{i} live?",)) for i in range(5)]
+    ids = memory.inject_now(five, together=True)
+    assert solves == [(2, 0), (2, 4), (1, 8)]     # (facts solved, stored keys protected: two a fact, raw and chat)
+    assert set(memory.ledger.columns) == set(ids) and memory.store.counter("wake_edits") == 5
+    memory.close()
+
+
 @pytest.mark.model
 def test_sleep_repairs_a_damaged_fact_and_relieves_drowsiness(real_model, tokenizer, store_dir):
     memory = Memory.open(real_model, tokenizer, MemoryConfig(store_dir=store_dir, auto_sleep=False))

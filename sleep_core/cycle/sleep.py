@@ -12,14 +12,14 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 from ..editing.consolidate import consolidate
-from ..editing.memit import compute_edits
+from ..editing.memit import MAX_BATCH, compute_edits
 from ..eval.perplexity import perplexity
 from ..eval.probes import raw_recall
 from ..memory.facts import about
 from .audit import Audit, audit
 
 log = logging.getLogger(__name__)
-REPLAY_CHUNK = 100     # facts per joint solve of a replay: measured at 100 (README, "Sleep"); bounds its memory
+REPLAY_CHUNK = MAX_BATCH     # facts per joint solve of a replay (README, "Sleep")
 
 
 @dataclass

@@ -9,6 +9,10 @@ from .keys import chat_shares, key_columns, per_fact_mean
 from .prompts import build_batch
 from .solve import LayerPrior, solve_facts
 
+# facts per solve: the target optimisation's memory grows with them (200 CounterFact facts in one solve needed more
+# than the 23 GB of the project's CPU machine; 100 ran), so larger batches are written this many at a time
+MAX_BATCH = 100
+
 
 def compute_edits(adapter: Adapter, tokenizer, facts: list[Fact], cfg: EditConfig,
                   priors: dict[int, LayerPrior], stored: dict[int, torch.Tensor]) -> list[FactEdit]:
