@@ -212,8 +212,10 @@ def test_a_chat_turn_learns_the_users_message_and_never_the_reply(extension, sha
 def test_he_in_a_later_turn_is_the_relative_of_an_earlier_one_and_nobody_in_a_new_chat(extension, shared):
     first = "My brother is named Tomas."
     reply, _ = chat_turn(extension, shared, first)
+    facts_after(extension)     # the user reads the reply while the worker writes the fact
     earlier = {**UI_STATE, "history": {"internal": [[first, reply]], "visible": [[first, reply]], "metadata": {}}}
     chat_turn(extension, shared, "He is a pilot.", state=earlier)
+    facts_after(extension)
     chat_turn(extension, shared, "He lives in Madrid.")     # the first turn of a new chat: nobody to refer to
     facts = {(f.subject, f.relation, f.object) for f in facts_after(extension)}
     assert facts == {("my brother", "'s name is", "Tomas"), ("my brother", "works as", "a pilot")}
