@@ -15,7 +15,7 @@ from .editing.covariance import cached_moments
 from .editing.memit import MAX_BATCH, compute_edits
 from .editing.solve import LayerPrior, make_prior
 from .extract import Candidate, Rejection, extract, names_from, relatives
-from .memory.facts import Fact, FactEdit, about
+from .memory.facts import Fact, FactEdit, about, subject_batches
 from .memory.ledger import WeightLedger
 from .memory.store import FactRecord, Store, StoreError, export_document, now, read_document
 from .model.backend import adapter_for, hf_tokenizer
@@ -126,11 +126,12 @@ class Memory:
 
         A duplicate of an active fact or of an earlier one in the batch is dropped; a later value for the same
         subject and relation supersedes an earlier one, in the batch as in the store. More than MAX_BATCH facts are
-        written MAX_BATCH at a time, each solve protecting the facts of the ones before. Returns the new edits."""
+        written in turn, at most MAX_BATCH a solve with a subject's facts together, each solve protecting the facts
+        of the ones before. Returns the new edits."""
         if len(fact_ids) > MAX_BATCH:
             edits = {}
-            for start in range(0, len(fact_ids), MAX_BATCH):
-                edits |= self.inject_together(fact_ids[start:start + MAX_BATCH])
+            for batch in subject_batches([self.store.fact(i) for i in fact_ids], MAX_BATCH):
+                edits |= self.inject_together([r.id for r in batch])
             return edits
         with self._busy:
             records = [r for r in (self.store.fact(i) for i in fact_ids) if r.status == "pending"]

@@ -1,6 +1,7 @@
 """The sleep cycle: rollback is bitwise, supersession replaces a value, drowsiness rises and falls, and a
 sleep repairs a damaged fact on the real model."""
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 from sleep_core import EditConfig, Fact, Memory, MemoryConfig
 from sleep_core.cycle.sleep import SleepReport, regression
 from sleep_core.eval import raw_recall
+from sleep_core.memory.facts import subject_batches
 
 DOG = Fact("my dog", "'s name is", "Biscuit", ("What is my dog's name?",))
 FACTS = [DOG, Fact("Aria", "lives in", "Portland", ("Where does Aria live?",))]
@@ -85,6 +87,15 @@ def test_facts_injected_together_are_one_solve_and_the_batch_supersedes_within_i
     memory.close()
 
 
+def test_batches_keep_a_subjects_facts_together_and_in_order():
+    dog = [DOG, Fact("my dog", "is", "a beagle", ("What breed is my dog?",))]
+    people = [Fact(f"Person{i}", "lives in", f"Town{i}", (f"Where does Person{i} live?",)) for i in range(3)]
+    records = [SimpleNamespace(fact=f) for f in [people[0], dog[0], people[1], dog[1], people[2]]]
+    batches = [[r.fact for r in batch] for batch in subject_batches(records, 2)]
+    assert batches == [[people[0]], dog, [people[1], people[2]]]
+    assert [len(b) for b in subject_batches(records, 1)] == [1, 2, 1, 1]    # a subject over the limit stays whole
+
+
 def test_a_batch_over_the_solve_limit_is_written_in_turn_each_protecting_the_last(
         tiny_llama, tokenizer, store_dir, monkeypatch):
     import sleep_core.facade as facade
@@ -159,7 +170,7 @@ def test_a_replay_learns_every_fact_again_from_the_pristine_weights(tiny_llama, 
     solves, compute = [], sleep.compute_edits
     monkeypatch.setattr(sleep, "compute_edits", lambda adapter, tok, facts, cfg, priors, stored: solves.append(
         ([f.object for f in facts], stored[layer].shape[1])) or compute(adapter, tok, facts, cfg, priors, stored))
-    monkeypatch.setattr(sleep, "REPLAY_CHUNK", 2)
+    monkeypatch.setattr(sleep, "MAX_BATCH", 2)
     sleep._replay(memory, memory.active_records())
     assert solves == [(["Biscuit", "Portland"], 0), (["cartographer"], 4)], "chunks of two, the first's keys protected"
     replayed = memory.ledger.snapshot()
@@ -199,7 +210,7 @@ def test_a_sleep_that_fails_midway_leaves_the_weights_and_the_store_as_they_were
             raise FloatingPointError("the solve produced non-finite factors; nothing was written")
         return compute(*args, **kwargs)
     monkeypatch.setattr(sleep, "compute_edits", failing)
-    monkeypatch.setattr(sleep, "REPLAY_CHUNK", 2)
+    monkeypatch.setattr(sleep, "MAX_BATCH", 2)
     with pytest.raises(FloatingPointError):
         memory.sleep()
     assert solves == [2, 1]

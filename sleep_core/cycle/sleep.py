@@ -15,11 +15,10 @@ from ..editing.consolidate import consolidate
 from ..editing.memit import MAX_BATCH, compute_edits
 from ..eval.perplexity import perplexity
 from ..eval.probes import raw_recall
-from ..memory.facts import about
+from ..memory.facts import about, subject_batches
 from .audit import Audit, audit
 
 log = logging.getLogger(__name__)
-REPLAY_CHUNK = MAX_BATCH     # facts per joint solve of a replay (README, "Sleep")
 
 
 @dataclass
@@ -156,19 +155,13 @@ def regression(report: SleepReport, ppl_tolerance: float) -> str:
 
 
 def _replay(memory, records) -> None:
-    """Every stored fact learned again from the pristine weights, targets optimised anew, REPLAY_CHUNK facts a MEMIT
-    batch (Meng et al. 2023, Alg. 1) with the earlier chunks' keys protected; a subject's facts stay in one chunk
+    """Every stored fact learned again from the pristine weights, targets optimised anew, MAX_BATCH facts a MEMIT
+    batch (Meng et al. 2023, Alg. 1) with the earlier batches' keys protected; a subject's facts stay in one batch
     (they share a target). Unlike a stream of wake edits, no target is found against the edits of unrelated facts."""
     memory.ledger.clear()
     memory.ledger.rebuild()
-    chunk: list = []
-    for subject in dict.fromkeys(r.fact.subject_key for r in records):
-        kin = about(records, {subject})
-        if chunk and len(chunk) + len(kin) > REPLAY_CHUNK:
-            _solve(memory, chunk, memory.config.edit)
-            chunk = []
-        chunk += kin
-    _solve(memory, chunk, memory.config.edit)
+    for batch in subject_batches(records, MAX_BATCH):
+        _solve(memory, batch, memory.config.edit)
 
 
 def _refresh(memory, records, degraded) -> list:

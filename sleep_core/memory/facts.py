@@ -42,6 +42,21 @@ def about(records: list, subjects: set[str]) -> list:
     return [r for r in records if r.fact.subject_key in subjects]
 
 
+def subject_batches(records: list, limit: int) -> list[list]:
+    """`records` (anything with a `.fact`) in batches of at most `limit`, a subject's records in one batch and in
+    their order (they share a target; a subject with more than `limit` is a batch of its own)."""
+    by_subject: dict[str, list] = {}
+    for r in records:
+        by_subject.setdefault(r.fact.subject_key, []).append(r)
+    batches: list[list] = []
+    for kin in by_subject.values():
+        if batches and len(batches[-1]) + len(kin) <= limit:
+            batches[-1] += kin
+        else:
+            batches.append(list(kin))
+    return batches
+
+
 @dataclass
 class FactEdit:
     """One fact's share of an update: per layer a column a (d_out), b (d_in) of ΔW = Σ a bᵀ, and its keys."""
