@@ -15,6 +15,7 @@ from sleep_core.paths import data_dir
 
 SEED = data_dir() / "seed_conversation_facts.json"
 MORE = data_dir() / "conversation_more.json"
+LIFE = data_dir() / "conversation_life.json"
 
 ACCEPTED = [
     ("My name is Vladimir Zwizzer.", [("my name", "is", "Vladimir Zwizzer")]),
@@ -50,6 +51,27 @@ ACCEPTED = [
         [("my wife", "works as", "a teacher"), ("my wife", "speaks", "Polish")],
     ),
     ("I live in Oslo and work as a chef.", [("I live", "in", "Oslo"), ("I work", "as", "a chef")]),
+    ("I graduated from MIT in 2010.", [("my school", "is", "MIT")]),
+    ("I went to college at Stanford.", [("my school", "is", "Stanford")]),
+    ("I went to Lincoln High School.", [("my school", "is", "Lincoln High School")]),
+    ("I studied at Oxford.", [("my school", "is", "Oxford")]),
+    ("I'm a student at McGill.", [("my school", "is", "McGill")]),
+    ("I have a master's degree in linguistics.", [("my field of study", "is", "linguistics")]),
+    ("I used to work as a chef.", [("my previous job", "was", "a chef")]),
+    ("I was a firefighter.", [("my previous job", "was", "a firefighter")]),
+    ("I'm an engineer at Google.", [("I work", "as", "an engineer"), ("I work", "at", "Google")]),
+    ("I work for Google as an engineer.", [("I work", "at", "Google"), ("I work", "as", "an engineer")]),
+    ("I'm married to Sarah.", [("my spouse", "'s name is", "Sarah")]),
+    ("I have three kids.", [("the number of my kids", "is", "three")]),
+    ("I was born in 1990.", [("I was born", "in the year", "1990")]),
+    ("I'm vegan.", [("my diet", "is", "vegan")]),
+    ("I have asthma.", [("my medical condition", "is", "asthma")]),
+    ("My car is a red Mazda.", [("my car", "is", "a red Mazda")]),
+    ("I listen to jazz.", [("I listen", "to", "jazz")]),
+    ("I support Arsenal.", [("I support", "", "Arsenal")]),
+    ("I'm a big fan of Tolkien.", [("I am a fan", "of", "Tolkien")]),
+    ("I've been learning Japanese for two years.", [("I am learning", "", "Japanese")]),
+    ("My daughter goes to Maplewood Elementary.", [("my daughter", "goes to", "Maplewood Elementary")]),
     ("Remember that my name is Bob.", [("my name", "is", "Bob")]),
     ("No, my name is Bob.", [("my name", "is", "Bob")]),
 ]
@@ -85,6 +107,17 @@ REJECTED = [
 ]
 
 
+# Statements that read like the patterns above but state no fact the patterns know how to word
+SILENT = [
+    "I went to the gym.",
+    "I went to Paris last summer.",
+    "I was a fool.",
+    "I studied in Paris.",
+    "My mom went to the market.",
+    "I have two problems.",
+]
+
+
 def triples(candidates: list[Candidate]) -> list[tuple[str, str, str]]:
     return [(c.subject, c.relation, c.object) for c in candidates]
 
@@ -94,6 +127,11 @@ def test_accepted_messages_give_their_facts(message, expected):
     candidates, rejections = extract(message)
     assert triples(candidates) == expected
     assert rejections == []
+
+
+@pytest.mark.parametrize("message", SILENT)
+def test_look_alike_statements_teach_nothing(message):
+    assert extract(message) == ([], [])
 
 
 @pytest.mark.parametrize("message,reason", REJECTED)
@@ -189,7 +227,7 @@ def _answers(candidate: Candidate, recall: dict, shares_key: bool) -> bool:
     return not shares_key or _mentions(recall["question"], candidate.key_word, True)
 
 
-@pytest.mark.parametrize("path", [SEED, MORE], ids=["seed", "more"])
+@pytest.mark.parametrize("path", [SEED, MORE, LIFE], ids=["seed", "more", "life"])
 def test_conversation_set_coverage(path):
     """Share of a set's recall questions answered by a fact from the statements said before them, each message
     extracted with the names and relatives of the messages before it, as `Memory.learn` does."""

@@ -16,8 +16,8 @@ from .common import bench_config, edit_settings, emit, load_model, model_name, o
 log = logging.getLogger(__name__)
 
 
-# the reference's set, and a second one written for this project (more relatives, pronouns across messages)
-SETS = {"seed": "seed_conversation_facts.json", "more": "conversation_more.json"}
+# the reference's set, and two written for this project (more relatives and pronouns across messages; a life history)
+SETS = {"seed": "seed_conversation_facts.json", "more": "conversation_more.json", "life": "conversation_life.json"}
 
 
 def conversation_set(groups: int | None = None, name: str = "seed") -> tuple[list[dict], list[str]]:

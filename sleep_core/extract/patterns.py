@@ -21,8 +21,9 @@ _NUMBER = (
 _ATTRIBUTE = (
     r"(?:favou?rite(?:\s+[\w-]+){1,3}?|full name|first name|last name|middle name|surname|nickname|hometown|hobby|"
     r"major|native language|first language|mother tongue|blood type|zodiac sign|star sign|phone number|username|"
-    r"height|shoe size)"
+    r"height|shoe size|religion|nationality)"
 )
+_BELONGINGS = r"car|phone|laptop|computer|bike|motorcycle"
 _OCCUPATIONS = frozenset(
     "nurse doctor chef cook student teacher lawyer pilot designer artist dentist architect programmer developer "
     "engineer accountant consultant librarian mechanic electrician plumber carpenter firefighter soldier scientist "
@@ -47,6 +48,23 @@ def is_occupation(text: str) -> bool:
     return words[-1] in _OCCUPATIONS or words[-1].endswith(_OCCUPATION_ENDINGS)
 
 
+def is_job(text: str) -> bool:
+    """An occupation one works at a place in ("an engineer at Google"); a student there goes to school."""
+    return is_occupation(text) and not text.lower().endswith("student")
+
+
+_SCHOOL = re.compile(
+    r"\b(?:university|college|school|institute|academy|polytechnic|elementary|kindergarten|preschool|"
+    r"conservatory|seminary|high)\b",
+    re.IGNORECASE,
+)
+
+
+def is_school(text: str) -> bool:
+    """ "Lincoln High School", "the University of Oslo": a place of study, not any place one went to."""
+    return bool(_SCHOOL.search(text))
+
+
 @dataclass(frozen=True)
 class Rule:
     """A clause pattern with group `o` (the object) and templates for subject, relation and questions.
@@ -61,13 +79,14 @@ class Rule:
     questions: tuple[str, ...]
     who: str = "any"  # about others: "any", "family" ("my …"), "pet", "person"
     accepts: Callable[[str], bool] | None = None
+    job: bool = False  # the group `job` must name an occupation ("I am an engineer at Google")
 
     def apply(self, clause: str, subject: str = "") -> tuple[str, str, str, tuple[str, ...]] | None:
         """(subject, relation, object, questions) if the clause matches, else None."""
         m = self.pattern.match(clause)
-        if not m or not self._fits(subject):
+        if not m or not self._fits(subject) or (self.job and not is_job(m["job"])):
             return None
-        fields = {k: v.lower() for k, v in m.groupdict().items() if v is not None and k != "o"}
+        fields = {k: v.lower() for k, v in m.groupdict().items() if v is not None and k not in ("o", "job")}
         obj = trim_object(m["o"])
         if self.accepts and not self.accepts(obj):
             return None
@@ -104,6 +123,18 @@ _LIVED_QUESTIONS = ("How long have I lived here?",)
 # "Where did I live before?" reads like "Where do I live?" up to "live": the key sits on "before"
 _BEFORE_QUESTIONS = ("Where did I live before?", "Where did I live before moving here?")
 _WORK_QUESTIONS = ("What do I work as?", "What do I do for work?")
+_WORK_AT_QUESTIONS = ("Where do I work?", "Which company do I work for?")
+_SCHOOL_QUESTIONS = ("Which school did I go to?", "Where did I go to school?", "What school did I graduate from?")
+# the past tense is keyed on a tense-free wording, as "my field of study" (questions ask "What did I study?")
+_PREVIOUS_JOB_QUESTIONS = ("What was my previous job?", "What job did I have before?")
+_STUDY_QUESTIONS = ("What did I study?", "What is my field of study?")
+_DEGREE = r"(?:PhD|Ph\.D\.?|doctorate|master'?s|masters|bachelor'?s|MBA|BA|BSc|BS|MA|MSc|MS|degree|diploma)"
+_KIN_COUNTED = r"kids|children|sons|daughters|brothers|sisters|siblings|grandchildren|cats|dogs|pets"
+_DIETS = r"vegetarian|vegan|pescatarian|keto|paleo"
+_CONDITIONS = (
+    r"(?:type [12] )?diabetes|asthma|celiac disease|coeliac disease|epilepsy|migraines|ADHD|arthritis|"
+    r"high blood pressure|eczema|psoriasis|anemia|lupus"
+)
 
 # Facts the user states about themselves; subjects are fixed wordings.
 USER_RULES = (
@@ -113,6 +144,7 @@ USER_RULES = (
     ),
     _rule(r"^(?:my birthday is|I was born on)(?: on)? (?P<o>.+)", "my birthday", "is", "When is my birthday?"),
     _rule(rf"^my (?P<attr>{_ATTRIBUTE}) is (?P<o>.+)", "my {attr}", "is", "What is my {attr}?", "What's my {attr}?"),
+    _rule(rf"^my (?P<attr>{_BELONGINGS}) is (?P<o>.+)", "my {attr}", "is", "What {attr} do I have?", "What is my {attr}?"),
     _rule(rf"^I am (?P<o>{_NUMBER})(?: years? old| years of age)?$", "my age", "is", "What is my age?"),
     _rule(r"^I (?:live|reside|am living) in (?P<o>.+)", "I live", "in", *_LIVE_QUESTIONS),
     _rule(r"^I (?:have )?moved to (?P<o>.+?)(?: from .+)?$", "I live", "in", *_LIVE_QUESTIONS),
@@ -144,28 +176,46 @@ USER_RULES = (
         accepts=is_occupation,
     ),
     _rule(r"^I (?:work|am working) in (?P<o>.+)", "I work", "in", "What field do I work in?"),
-    _rule(
-        r"^I (?:work|am working) (?:at|for) (?P<o>.+)",
-        "I work",
-        "at",
-        "Where do I work?",
-        "Which company do I work for?",
-    ),
+    _rule(r"^I (?:work|am working) (?:at|for) (?P<o>.+?)(?: as an? .+)?$", "I work", "at", *_WORK_AT_QUESTIONS),
+    _rule(r"^I (?:work|am working) (?:at|for) .+? as (?P<o>an? .+)", "I work", "as", *_WORK_QUESTIONS),
+    _rule(r"^I am (?P<job>(?P<o>an? .+?)) (?:at|for) .+", "I work", "as", *_WORK_QUESTIONS, job=True),
+    _rule(r"^I am (?P<job>an? .+?) (?:at|for) (?P<o>.+)", "I work", "at", *_WORK_AT_QUESTIONS, job=True),
+    _rule(r"^I (?:used to work as|worked as|previously worked as) (?P<o>.+)", "my previous job", "was",
+          *_PREVIOUS_JOB_QUESTIONS),
+    _rule(r"^I (?:used to be|was (?:once |formerly |previously )?)(?P<o>an? .+)", "my previous job", "was",
+          *_PREVIOUS_JOB_QUESTIONS, accepts=is_occupation),
     _rule(r"^I am allergic to (?P<o>.+)", "I am allergic", "to", "What am I allergic to?"),
+    _rule(rf"^I am (?:an? )?(?P<o>{_DIETS})$", "my diet", "is", "What diet do I follow?", "What is my diet?"),
+    _rule(rf"^I have (?P<o>{_CONDITIONS})$", "my medical condition", "is", "What medical condition do I have?",
+          "What is my medical condition?"),
+    # keyed on "born", near the question's end, as "Where was I born?" is; "year" opens "What year was I born?"
+    _rule(r"^I was born in (?P<o>(?:1[89]|20)\d\d)$", "I was born", "in the year", "What year was I born?",
+          "When was I born?"),
+    _rule(rf"^I have (?:got )?(?P<o>{_NUMBER}) (?P<what>{_KIN_COUNTED})$", "the number of my {what}", "is",
+          "How many {what} do I have?"),
+    _rule(r"^I am married to (?P<o>.+)", "my spouse", NAME_RELATION, "What is my spouse's name?", "Who is my spouse?",
+          accepts=is_name),
+    _rule(r"^I (?:listen|am listening) to (?P<o>.+)", "I listen", "to", "What do I listen to?",
+          "What music do I listen to?"),
+    _rule(r"^I am (?:a )?(?:big |huge )?fan of (?P<o>.+)", "I am a fan", "of", "What am I a fan of?"),
+    _rule(r"^I am into (?P<o>.+)", "I am into", "", "What am I into?"),
     _rule(r"^I speak (?P<o>.+)", "I speak", "", "What language do I speak?", "Which languages do I speak?"),
     # "What did I study?" holds "study", not "studied": the past is keyed on a tense-free wording
-    _rule(
-        r"^I (?:studied|majored in|have studied|have a degree in) (?P<o>.+)",
-        "my field of study",
-        "is",
-        "What did I study?",
-        "What is my field of study?",
-    ),
-    _rule(r"^I (?:study|am studying) (?P<o>.+)", "I study", "", "What do I study?"),
-    _rule(r"^I am learning (?P<o>.+)", "I am learning", "", "What am I learning?"),
+    _rule(r"^I (?:studied|majored in|have studied) (?!at\b|in\b)(?P<o>.+)", "my field of study", "is", *_STUDY_QUESTIONS),
+    _rule(rf"^I (?:have|hold|got|earned) (?:an? )?{_DEGREE}(?: degree)? in (?P<o>.+)", "my field of study", "is",
+          *_STUDY_QUESTIONS),
+    _rule(r"^I (?:study|am studying) (?!at\b|in\b)(?P<o>.+)", "I study", "", "What do I study?"),
+    _rule(r"^I (?:graduated|have graduated) from (?P<o>.+)", "my school", "is", *_SCHOOL_QUESTIONS),
+    _rule(r"^I (?:studied|study|am studying) at (?P<o>.+)", "my school", "is", *_SCHOOL_QUESTIONS),
+    _rule(r"^I am an? (?:\w+ )?student at (?P<o>.+)", "my school", "is", *_SCHOOL_QUESTIONS),
+    _rule(r"^I (?:went|go) to (?:college|school|university|grad school) (?:at|in) (?P<o>.+)", "my school", "is",
+          *_SCHOOL_QUESTIONS),
+    _rule(r"^I (?:went|go) to (?P<o>.+)", "my school", "is", *_SCHOOL_QUESTIONS, accepts=is_school),
+    _rule(r"^I attended (?P<o>.+)", "my school", "is", *_SCHOOL_QUESTIONS, accepts=is_school),
+    _rule(r"^I (?:am|have been) learning (?P<o>.+)", "I am learning", "", "What am I learning?"),
     _rule(
         r"^I (?P<verb>love|like|enjoy|adore|hate|prefer|make|play|drive|collect|teach|use|practi[cs]e|cook|"
-        r"read|watch|write) (?P<o>.+)",
+        r"read|watch|write|support|own|drink|grow|build|sing|paint|draw) (?P<o>.+)",
         "I {verb}",
         "",
         "What do I {verb}?",
@@ -242,6 +292,14 @@ OTHER_RULES = (
     _rule(r"^is allergic to (?P<o>.+)", "{s}", "is allergic to", "What is {s} allergic to?"),
     _rule(r"^(?:studies|studied|is studying|majored in) (?P<o>.+)", "{s}", "studies", "What does {s} study?"),
     _rule(r"^is learning (?P<o>.+)", "{s}", "is learning", "What is {s} learning?"),
+    _rule(
+        r"^(?:goes|went|is going) to (?P<o>.+)",
+        "{s}",
+        "goes to",
+        "What school does {s} go to?",
+        "Where does {s} go to school?",
+        accepts=is_school,
+    ),
 )
 
 
@@ -269,7 +327,7 @@ def _clause_facts(clause: str, context: Context, previous: str | None) -> tuple[
     if _ABOUT_USER.match(clause):
         if m := _HAVE.match(clause):
             context.mention(f"my {m['who'].lower()}")
-        return [f for rule in USER_RULES if (f := rule.apply(clause))], "I"
+        return _first_per_slot(f for rule in USER_RULES if (f := rule.apply(clause))), "I"
     found = who(clause, context, previous)
     if not found:
         return [], previous
@@ -279,6 +337,15 @@ def _clause_facts(clause: str, context: Context, previous: str | None) -> tuple[
     if name:
         facts.insert(0, (subject, NAME_RELATION, name, tuple(q.format(s=subject) for q in _NAME_QUESTIONS)))
     return facts, subject
+
+
+def _first_per_slot(facts) -> list[tuple]:
+    """One fact per (subject, relation) of a clause: the table lists the specific pattern before the general one
+    ("I went to college at Stanford" before "I went to <a school>")."""
+    first: dict[tuple[str, str], tuple] = {}
+    for fact in facts:
+        first.setdefault(fact[:2], fact)
+    return list(first.values())
 
 
 def _collect(fact: tuple, sentence: str, context: Context, candidates: list, rejections: list) -> None:

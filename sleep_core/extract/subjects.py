@@ -10,7 +10,7 @@ from .text import VERBS
 FEMALE = frozenset("sister daughter wife mother mom mum girlfriend grandmother grandma aunt niece fiancee".split())
 MALE = frozenset("brother son husband father dad boyfriend grandfather grandpa uncle nephew fiance".split())
 PETS = frozenset("dog cat puppy kitten horse parrot rabbit hamster bird turtle pet".split())
-_OTHERS = "partner best friend friend cousin boss roommate kid child baby twin".split()
+_OTHERS = "partner spouse best friend friend cousin boss roommate kid child baby twin".split()
 _RELATIVES = sorted(FEMALE | MALE | PETS | set(_OTHERS), key=len, reverse=True)
 _MODIFIERS = "older|younger|little|big|baby|elder|eldest|oldest|youngest|twin|step|half|best"
 RELATIVE = rf"(?:(?:{_MODIFIERS})\s+)?(?:{'|'.join(_RELATIVES)})"

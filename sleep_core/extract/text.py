@@ -24,7 +24,8 @@ _REMEMBER = re.compile(
 )
 VERBS = (
     "is|am|are|was|has|have|loves?|likes?|enjoys?|adores?|wants?|lives?|works?|speaks?|studies|studied|plays?|"
-    "makes?|moved|prefers?|hates?|comes?|grew|teaches|teach|writes?|drives?|collects?|cooks?"
+    "makes?|moved|prefers?|hates?|comes?|grew|teaches|teach|writes?|drives?|collects?|cooks?|goes|went|graduated|"
+    "attended|listens?|supports?|owns?|used"
 )
 _CLAUSE = re.compile(
     rf"\s*[,;]?\s+(?:and|but|while|whereas)\s+(?=(?:I|[Hh]e|[Ss]he|[Mm]y|[A-Z][\w'-]*\s+(?:{VERBS})|(?:{VERBS}))\b)"
