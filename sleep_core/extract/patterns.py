@@ -144,7 +144,9 @@ USER_RULES = (
     ),
     _rule(r"^(?:my birthday is|I was born on)(?: on)? (?P<o>.+)", "my birthday", "is", "When is my birthday?"),
     _rule(rf"^my (?P<attr>{_ATTRIBUTE}) is (?P<o>.+)", "my {attr}", "is", "What is my {attr}?", "What's my {attr}?"),
-    _rule(rf"^my (?P<attr>{_BELONGINGS}) is (?P<o>.+)", "my {attr}", "is", "What {attr} do I have?", "What is my {attr}?"),
+    _rule(
+        rf"^my (?P<attr>{_BELONGINGS}) is (?P<o>.+)", "my {attr}", "is", "What {attr} do I have?", "What is my {attr}?"
+    ),
     _rule(rf"^I am (?P<o>{_NUMBER})(?: years? old| years of age)?$", "my age", "is", "What is my age?"),
     _rule(r"^I (?:live|reside|am living) in (?P<o>.+)", "I live", "in", *_LIVE_QUESTIONS),
     _rule(r"^I (?:have )?moved to (?P<o>.+?)(?: from .+)?$", "I live", "in", *_LIVE_QUESTIONS),
@@ -201,7 +203,9 @@ USER_RULES = (
     _rule(r"^I am into (?P<o>.+)", "I am into", "", "What am I into?"),
     _rule(r"^I speak (?P<o>.+)", "I speak", "", "What language do I speak?", "Which languages do I speak?"),
     # "What did I study?" holds "study", not "studied": the past is keyed on a tense-free wording
-    _rule(r"^I (?:studied|majored in|have studied) (?!at\b|in\b)(?P<o>.+)", "my field of study", "is", *_STUDY_QUESTIONS),
+    _rule(
+        r"^I (?:studied|majored in|have studied) (?!at\b|in\b)(?P<o>.+)", "my field of study", "is", *_STUDY_QUESTIONS
+    ),
     _rule(rf"^I (?:have|hold|got|earned) (?:an? )?{_DEGREE}(?: degree)? in (?P<o>.+)", "my field of study", "is",
           *_STUDY_QUESTIONS),
     _rule(r"^I (?:study|am studying) (?!at\b|in\b)(?P<o>.+)", "I study", "", "What do I study?"),
