@@ -105,7 +105,8 @@ def main(argv: list[str]) -> int:
     p = parser("conversation", __doc__)
     p.add_argument("--facts", type=int, default=None, help="fact groups of the set to play (default: all)")
     p.add_argument("--set", choices=SETS, default="seed",
-                   help="seed: the reference's 5 groups, 15 questions; more: 7 groups, 23 questions written here")
+                   help="seed: the reference's 5 groups, 15 questions; written here: more (7 groups, 23 questions), "
+                        "life (7 groups, 17 questions)")
     args = p.parse_args(argv)
     store = setup(args)
     load = partial(load_model, args.model, device=args.device)     # again for the restart
