@@ -86,6 +86,14 @@ def test_conversation_survives_a_restart(make_tiny, tokenizer, tmp_path):
     assert drawn(conversation, result, tmp_path)
 
 
+def test_a_seed_tells_the_groups_in_another_order_and_each_groups_statements_in_theirs():
+    in_order, distractors = conversation.conversation_set(name="more")
+    shuffled, same_distractors = conversation.conversation_set(name="more", seed=1)
+    assert shuffled != in_order and sorted(map(str, shuffled)) == sorted(map(str, in_order))
+    assert shuffled == conversation.conversation_set(name="more", seed=1)[0] and same_distractors == distractors
+    assert conversation.conversation_set(name="more", seed=0)[0] == in_order
+
+
 def test_answers_are_scored_by_word_starts():
     assert conversation.mentions("I love drawing.", "draw")
     assert not conversation.mentions("You live in Portland.", "LA")

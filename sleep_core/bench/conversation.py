@@ -2,6 +2,7 @@
 and again after a restart (a fresh model object, the same store, an empty context)."""
 import json
 import logging
+import random
 import re
 from collections.abc import Callable
 from functools import partial
@@ -20,10 +21,15 @@ log = logging.getLogger(__name__)
 SETS = {"seed": "seed_conversation_facts.json", "more": "conversation_more.json", "life": "conversation_life.json"}
 
 
-def conversation_set(groups: int | None = None, name: str = "seed") -> tuple[list[dict], list[str]]:
-    """The first `groups` fact groups (statements and recall questions) and the distractor turns of set `name`."""
+def conversation_set(groups: int | None = None, name: str = "seed", seed: int = 0) -> tuple[list[dict], list[str]]:
+    """The first `groups` fact groups (statements and recall questions) and the distractor turns of set `name`;
+    a seed other than 0 tells the groups in another order (each group's statements keep theirs, as its pronouns
+    and names need), so that runs differ in every float path the way a new draw of facts would."""
     data = json.loads((data_dir() / SETS[name]).read_text())
-    return data["facts"][:groups], data["distractor_conversation"]
+    chosen = data["facts"][:groups]
+    if seed:
+        random.Random(seed).shuffle(chosen)
+    return chosen, data["distractor_conversation"]
 
 
 def mentions(answer: str, word: str) -> bool:
@@ -60,10 +66,10 @@ def play(memory: Memory, groups: list[dict], distractors: list[str]) -> list[dic
 
 
 def conversation(model, tokenizer, store: Path, reload: Callable[[], object], groups: int | None = None,
-                 edit: EditConfig | None = None, set_name: str = "seed", **config) -> dict:
+                 edit: EditConfig | None = None, set_name: str = "seed", seed: int = 0, **config) -> dict:
     """`reload` gives a fresh model object with the pristine weights, as a restarted process would load;
     `config`: further MemoryConfig fields."""
-    facts, distractors = conversation_set(groups, set_name)
+    facts, distractors = conversation_set(groups, set_name, seed)
     questions = [q for g in facts for q in g["recall_questions"]]
     before = ask(model, tokenizer, questions)
     memory = open_memory(model, tokenizer, bench_config(store, "constrained", edit, **config))
@@ -112,6 +118,6 @@ def main(argv: list[str]) -> int:
     load = partial(load_model, args.model, device=args.device)     # again for the restart
     model, tokenizer = load()
     result = conversation(model, tokenizer, store, lambda: load()[0], args.facts, edit=edit_settings(args),
-                          set_name=args.set)
+                          set_name=args.set, seed=args.seed)
     emit({**result, "model": model_name(model), "seed": args.seed, "peak_rss_mb": peak_rss_mb()}, args, plot)
     return 0
