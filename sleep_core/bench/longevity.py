@@ -22,7 +22,7 @@ def live_day(memory: Memory, facts, day: int, known) -> tuple[dict, list[dict]]:
     report = memory.sleep()
     recall = report.recall_after if report.committed else report.recall_before
     row = {"day": day, "stored": len(memory.active_records()), "recall_raw": recall,
-           "recall_before_sleep": report.recall_before, "committed": report.committed,
+           "recall_before_sleep": report.recall_before, "committed": report.committed, "sleep": report.reason,
            "ppl": report.ppl_after if report.committed else report.ppl_before,
            "specificity": still_known(model, tokenizer, known), "sleep_seconds": report.seconds}
     log.info("day %d: %s", day, row)
