@@ -127,7 +127,7 @@ _WORK_AT_QUESTIONS = ("Where do I work?", "Which company do I work for?")
 _SCHOOL_QUESTIONS = ("Which school did I go to?", "Where did I go to school?", "What school did I graduate from?")
 # the past tense is keyed on a tense-free wording, as "my field of study" (questions ask "What did I study?")
 _PREVIOUS_JOB_QUESTIONS = ("What was my previous job?", "What job did I have before?")
-_STUDY_QUESTIONS = ("What did I study?", "What is my field of study?")
+_STUDY_QUESTIONS = ("What did I study?", "What subject did I study?")
 _DEGREE = r"(?:PhD|Ph\.D\.?|doctorate|master'?s|masters|bachelor'?s|MBA|BA|BSc|BS|MA|MSc|MS|degree|diploma)"
 _KIN_COUNTED = r"kids|children|sons|daughters|brothers|sisters|siblings|grandchildren|cats|dogs|pets"
 _DIETS = r"vegetarian|vegan|pescatarian|keto|paleo"
