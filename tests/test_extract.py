@@ -68,6 +68,7 @@ ACCEPTED = [
     ("I have asthma.", [("my medical condition", "is", "asthma")]),
     ("My car is a red Mazda.", [("my car", "is", "a red Mazda")]),
     ("I listen to jazz.", [("I listen", "to", "jazz")]),
+    ("I play the cello.", [("I play", "", "the cello")]),
     ("I support Arsenal.", [("I support", "", "Arsenal")]),
     ("I'm a big fan of Tolkien.", [("I am a fan", "of", "Tolkien")]),
     ("I've been learning Japanese for two years.", [("I am learning", "", "Japanese")]),

@@ -130,6 +130,14 @@ _PREVIOUS_JOB_QUESTIONS = ("What was my previous job?", "What job did I have bef
 _STUDY_QUESTIONS = ("What did I study?", "What subject did I study?")
 _DEGREE = r"(?:PhD|Ph\.D\.?|doctorate|master'?s|masters|bachelor'?s|MBA|BA|BSc|BS|MA|MSc|MS|degree|diploma)"
 _KIN_COUNTED = r"kids|children|sons|daughters|brothers|sisters|siblings|grandchildren|cats|dogs|pets"
+_INSTRUMENTS = (
+    r"piano|keyboard|guitar|bass|cello|violin|viola|double bass|harp|flute|clarinet|oboe|bassoon|saxophone|sax|"
+    r"trumpet|trombone|tuba|french horn|drums|ukulele|banjo|mandolin|accordion|harmonica|organ|synthesizer"
+)
+_SPORTS = (
+    r"soccer|football|basketball|baseball|tennis|golf|volleyball|hockey|ice hockey|rugby|cricket|badminton|"
+    r"table tennis|ping pong|squash|handball|lacrosse|softball|water polo"
+)
 _DIETS = r"vegetarian|vegan|pescatarian|keto|paleo"
 _CONDITIONS = (
     r"(?:type [12] )?diabetes|asthma|celiac disease|coeliac disease|epilepsy|migraines|ADHD|arthritis|"
@@ -217,6 +225,11 @@ USER_RULES = (
     _rule(r"^I (?:went|go) to (?P<o>.+)", "my school", "is", *_SCHOOL_QUESTIONS, accepts=is_school),
     _rule(r"^I attended (?P<o>.+)", "my school", "is", *_SCHOOL_QUESTIONS, accepts=is_school),
     _rule(r"^I (?:am|have been) learning (?P<o>.+)", "I am learning", "", "What am I learning?"),
+    # "What instrument do I play?" is the question people ask: a noun between "What" and "do I" changes the key's
+    # context, so an instrument or a sport is taught with it
+    _rule(rf"^I play (?P<o>(?:the )?(?:{_INSTRUMENTS}))$", "I play", "", "What instrument do I play?",
+          "What do I play?"),
+    _rule(rf"^I play (?P<o>{_SPORTS})$", "I play", "", "What sport do I play?", "What do I play?"),
     _rule(
         r"^I (?P<verb>love|like|enjoy|adore|hate|prefer|make|play|drive|collect|teach|use|practi[cs]e|cook|"
         r"read|watch|write|support|own|drink|grow|build|sing|paint|draw) (?P<o>.+)",
