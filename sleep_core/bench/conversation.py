@@ -1,5 +1,5 @@
-"""`conversation`: the reference's conversational set played as chat turns, then chat recall after a sleep
-and again after a restart (a fresh model object, the same store, an empty context)."""
+"""`conversation`: a conversational set (the reference's or one of ours, `SETS`) played as chat turns, then chat
+recall after a sleep and again after a restart (a fresh model object, the same store, an empty context)."""
 import json
 import logging
 import random
