@@ -79,14 +79,14 @@ class Rule:
     questions: tuple[str, ...]
     who: str = "any"  # about others: "any", "family" ("my …"), "pet", "person"
     accepts: Callable[[str], bool] | None = None
-    job: bool = False  # the group `job` must name an occupation ("I am an engineer at Google")
+    job: bool = False  # the group `job` must name an occupation ("I am an engineer at <o>")
 
     def apply(self, clause: str, subject: str = "") -> tuple[str, str, str, tuple[str, ...]] | None:
         """(subject, relation, object, questions) if the clause matches, else None."""
         m = self.pattern.match(clause)
         if not m or not self._fits(subject) or (self.job and not is_job(m["job"])):
             return None
-        fields = {k: v.lower() for k, v in m.groupdict().items() if v is not None and k not in ("o", "job")}
+        fields = {k: v.lower() for k, v in m.groupdict().items() if v is not None and k != "o"}
         obj = trim_object(m["o"])
         if self.accepts and not self.accepts(obj):
             return None
@@ -188,7 +188,7 @@ USER_RULES = (
     _rule(r"^I (?:work|am working) in (?P<o>.+)", "I work", "in", "What field do I work in?"),
     _rule(r"^I (?:work|am working) (?:at|for) (?P<o>.+?)(?: as an? .+)?$", "I work", "at", *_WORK_AT_QUESTIONS),
     _rule(r"^I (?:work|am working) (?:at|for) .+? as (?P<o>an? .+)", "I work", "as", *_WORK_QUESTIONS),
-    _rule(r"^I am (?P<job>(?P<o>an? .+?)) (?:at|for) .+", "I work", "as", *_WORK_QUESTIONS, job=True),
+    _rule(r"^I am (?P<o>an? .+?) (?:at|for) .+", "I work", "as", *_WORK_QUESTIONS, accepts=is_job),
     _rule(r"^I am (?P<job>an? .+?) (?:at|for) (?P<o>.+)", "I work", "at", *_WORK_AT_QUESTIONS, job=True),
     _rule(r"^I (?:used to work as|worked as|previously worked as) (?P<o>.+)", "my previous job", "was",
           *_PREVIOUS_JOB_QUESTIONS),
