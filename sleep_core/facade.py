@@ -83,12 +83,14 @@ class Memory:
     # the statistics an edit needs
     def priors(self, progress: Callable[[int, int], None] | None = None) -> dict[int, LayerPrior]:
         """Covariance and null space of each edited layer, measured once on the pristine model and cached."""
-        if self._priors is None:
-            corpus = ensure_corpus()
-            with self.weight_lock(), self.ledger.pristine_weights():
-                moments = cached_moments(self.adapter, self.tokenizer, corpus.covariance_articles,
-                                         self.config.edit.cov_tokens, covariance_dir() / self.fingerprint, progress)
-            self._priors = {l: make_prior(m) for l, m in moments.items()}
+        # the worker may be writing a fact queued before a restart: the pristine swap must not interleave with it
+        with self._busy:
+            if self._priors is None:
+                corpus = ensure_corpus()
+                with self.weight_lock(), self.ledger.pristine_weights():
+                    moments = cached_moments(self.adapter, self.tokenizer, corpus.covariance_articles,
+                                             self.config.edit.cov_tokens, covariance_dir() / self.fingerprint, progress)
+                self._priors = {l: make_prior(m) for l, m in moments.items()}
         return self._priors
 
     def heldout_text(self) -> str:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from sleep_core import EditConfig, Fact, Memory, MemoryConfig
+from sleep_core import EditConfig, Fact, Memory, MemoryConfig, facade
 from sleep_core.bench.crash import committed, expected
 from sleep_core.memory.store import Store
 from sleep_core.model import ModelAdapter
@@ -222,3 +222,24 @@ def test_a_correction_during_a_sleeps_last_writes_stays_superseded(make_tiny, to
     assert memory.store.counter("wake_edits") == 1      # the correction's edit counts toward drowsiness
     _assert_consistent(memory, make_tiny)
     memory.close()
+
+
+def test_facts_a_kill_left_queued_are_written_on_opening_beside_the_others(make_tiny, tokenizer, store_dir,
+                                                                           monkeypatch):
+    """A kill between storing a message's facts and writing them leaves them pending; the next Memory writes them in
+    its worker while the opener measures the priors on the pristine weights, and keeps every other fact (a 250-fact
+    CounterFact store once reopened with 10 of them: both threads had swapped in the pristine weights)."""
+    measure = facade.cached_moments
+    monkeypatch.setattr(facade, "cached_moments", lambda *a: (time.sleep(0.3), measure(*a))[1])  # a slower disk
+    memory = Memory.open(make_tiny(), tokenizer, _config(store_dir))
+    written = memory.inject_now(FACTS[:6])
+    queued = [memory.store.add_fact(fact, "", "chat") for fact in FACTS[6:]]     # stored, never written: the kill
+    memory.close()
+    for attempt in range(3):        # each opening races its worker against the priors
+        reopened = Memory.open(make_tiny(), tokenizer, _config(store_dir))
+        reopened.priors()
+        assert set(written) <= set(reopened.ledger.columns), f"opening {attempt}: the written facts left the weights"
+        assert reopened.wait_idle(120)
+        assert set(reopened.ledger.columns) == set(written + queued), f"opening {attempt}"
+        _assert_consistent(reopened, make_tiny)
+        reopened.close()
