@@ -17,8 +17,14 @@ from .common import bench_config, edit_settings, emit, load_model, model_name, o
 log = logging.getLogger(__name__)
 
 
-# the reference's set, and two written for this project (more relatives and pronouns across messages; a life history)
-SETS = {"seed": "seed_conversation_facts.json", "more": "conversation_more.json", "life": "conversation_life.json"}
+# the reference's set, and three written for this project (more relatives and pronouns across messages; a life
+# history; who I am and how I live)
+SETS = {
+    "seed": "seed_conversation_facts.json",
+    "more": "conversation_more.json",
+    "life": "conversation_life.json",
+    "about": "conversation_about.json",
+}
 
 
 def conversation_set(groups: int | None = None, name: str = "seed", seed: int = 0) -> tuple[list[dict], list[str]]:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .candidate import NAME_RELATION, Candidate, Rejection, rejection
-from .subjects import RELATIVE, Context, continues, is_name, is_pet, who
+from .subjects import RELATIVE, Context, continues, is_name, is_nationality, is_pet, who
 from .text import DURATION, clauses, trim_object
 
 _UNITS = "one|two|three|four|five|six|seven|eight|nine"
@@ -24,6 +24,10 @@ _ATTRIBUTE = (
     r"height|shoe size|religion|nationality)"
 )
 _BELONGINGS = r"car|phone|laptop|computer|bike|motorcycle"
+_CAR_MAKES = (
+    r"Tesla|Toyota|Honda|Ford|BMW|Audi|Mercedes|Volkswagen|VW|Subaru|Mazda|Nissan|Hyundai|Kia|Chevy|Chevrolet|Jeep|"
+    r"Volvo|Porsche|Fiat|Renault|Peugeot|Skoda|Lexus|Prius"
+)
 _OCCUPATIONS = frozenset(
     "nurse doctor chef cook student teacher lawyer pilot designer artist dentist architect programmer developer "
     "engineer accountant consultant librarian mechanic electrician plumber carpenter firefighter soldier scientist "
@@ -43,7 +47,7 @@ _NOT_OCCUPATIONS = frozenset(
 def is_occupation(text: str) -> bool:
     """ "a music producer": an article and a head noun that names a job."""
     words = text.lower().split()
-    if len(words) < 2 or words[0] not in ("a", "an") or words[-1] in _NOT_OCCUPATIONS:
+    if len(words) < 2 or words[0] not in ("a", "an") or words[-1] in _NOT_OCCUPATIONS or is_nationality(words[-1]):
         return False
     return words[-1] in _OCCUPATIONS or words[-1].endswith(_OCCUPATION_ENDINGS)
 
@@ -55,7 +59,8 @@ def is_job(text: str) -> bool:
 
 _SCHOOL = re.compile(
     r"\b(?:university|college|school|institute|academy|polytechnic|elementary|kindergarten|preschool|"
-    r"conservatory|seminary|high)\b",
+    r"conservatory|seminary|high|Harvard|Stanford|MIT|Yale|Princeton|Caltech|Cornell|UCLA|NYU|Dartmouth|"
+    r"Carnegie Mellon|Johns Hopkins|Georgia Tech)\b",
     re.IGNORECASE,
 )
 
@@ -143,6 +148,10 @@ _CONDITIONS = (
     r"(?:type [12] )?diabetes|asthma|celiac disease|coeliac disease|epilepsy|migraines|ADHD|arthritis|"
     r"high blood pressure|eczema|psoriasis|anemia|lupus"
 )
+_CONDITIONS_BEING = r"lactose intolerant|gluten intolerant|diabetic|asthmatic|epileptic|an(?:a)?emic|colou?r[- ]?blind"
+_CONDITION_QUESTIONS = ("What medical condition do I have?", "What is my medical condition?")
+_LENGTH = rf"(?:\d+[.,]\d+|{_NUMBER}) ?(?:cm|centimet(?:er|re)s?|m|met(?:er|re)s?|feet|foot|ft)"
+_INCHES = rf"(?: (?:and )?(?:\d+|{_UNITS}|ten|eleven)(?: inches| in)?)?"
 
 # Facts the user states about themselves; subjects are fixed wordings.
 USER_RULES = (
@@ -196,8 +205,18 @@ USER_RULES = (
           *_PREVIOUS_JOB_QUESTIONS, accepts=is_occupation),
     _rule(r"^I am allergic to (?P<o>.+)", "I am allergic", "to", "What am I allergic to?"),
     _rule(rf"^I am (?:an? )?(?P<o>{_DIETS})$", "my diet", "is", "What diet do I follow?", "What is my diet?"),
-    _rule(rf"^I have (?P<o>{_CONDITIONS})$", "my medical condition", "is", "What medical condition do I have?",
-          "What is my medical condition?"),
+    _rule(rf"^I have (?P<o>{_CONDITIONS})$", "my medical condition", "is", *_CONDITION_QUESTIONS),
+    _rule(rf"^I am (?P<o>{_CONDITIONS_BEING})$", "my medical condition", "is", *_CONDITION_QUESTIONS),
+    _rule(r"^I am (?:an? )?(?P<o>(?:South |New )?\w+)(?: citizen| national)?$", "my nationality", "is",
+          "What is my nationality?", "What's my nationality?", accepts=is_nationality),
+    _rule(rf"^I am (?P<o>{_LENGTH}{_INCHES})(?: tall)?$", "my height", "is", "What is my height?", "What's my height?"),
+    # retirement supersedes the job, as a new job would; "I retired my old laptop" is not it
+    _rule(r"^I (?:am |have )?(?P<o>retired)(?: (?!(?:the|my|his|her|their|our|its|it|them)\b).*)?$",
+          "I work", "as", *_WORK_QUESTIONS),
+    _rule(rf"^I (?:have|have got|got|bought) (?P<o>(?:an? )?(?:[\w-]+ )?(?:{_CAR_MAKES})\b.*)", "my car", "is",
+          "What car do I have?", "What is my car?"),
+    _rule(r"^I (?:wake up|get up) (?:at|around|by) (?P<o>.+)", "I wake up", "at", "What time do I wake up?",
+          "When do I wake up?"),
     # keyed on "born", near the question's end, as "Where was I born?" is; "year" opens "What year was I born?"
     _rule(r"^I was born in (?P<o>(?:1[89]|20)\d\d)$", "I was born", "in the year", "What year was I born?",
           "When was I born?"),
@@ -275,6 +294,8 @@ OTHER_RULES = (
         "How old is {s}?",
     ),
     _rule(r"^is (?P<o>an? .+)", "{s}", "is", "What breed is {s}?", who="pet"),
+    _rule(r"^is (?P<o>(?:South |New )?\w+)$", "{s}", "'s nationality is", "What is {s}'s nationality?",
+          accepts=is_nationality),
     _rule(
         r"^is an? .+? (?:named|called) (?P<o>.+)", "{s}", NAME_RELATION, *_NAME_QUESTIONS, who="family", accepts=is_name
     ),

@@ -21,13 +21,26 @@ _APPOSITION = re.compile(
 _PRONOUN = re.compile(r"^(?P<pronoun>he|she|it)\b(?P<rest>.*)$", re.IGNORECASE)
 _BARE_NAME = re.compile(rf"^(?P<name>[^\W\d_][\w'-]*(?:\s+[^\W\d_][\w'-]*)?)(?P<rest>(?:'s|\s+(?:{VERBS}))\b.*)$")
 _CONTINUES = re.compile(rf"^(?:{VERBS})\b", re.IGNORECASE)
+NATIONALITIES = frozenset(
+    "American Canadian Mexican Brazilian Argentinian Argentine Chilean Colombian Peruvian Venezuelan Cuban "
+    "British English Scottish Welsh Irish French German Italian Spanish Portuguese Dutch Belgian Swiss Austrian "
+    "Swedish Norwegian Danish Finnish Icelandic Polish Czech Slovak Hungarian Romanian Bulgarian Greek Turkish "
+    "Russian Ukrainian Serbian Croatian Slovenian Lithuanian Latvian Estonian Israeli Lebanese Syrian Iraqi "
+    "Iranian Persian Saudi Egyptian Moroccan Algerian Tunisian Nigerian Ghanaian Kenyan Ethiopian Indian "
+    "Pakistani Bangladeshi Nepali Chinese Japanese Korean Vietnamese Thai Filipino Indonesian Malaysian "
+    "Singaporean Taiwanese Australian".split()
+) | {"South African", "South Korean", "New Zealander"}
 # Capitalised words after "is" that describe rather than name ("My wife is French").
-_NOT_NAMES = frozenset(
-    "American British English French German Spanish Italian Chinese Japanese Korean Indian Russian Canadian "
-    "Mexican Brazilian Dutch Australian Catholic Christian Jewish Muslim Hindu Buddhist Protestant Orthodox "
-    "Vegan Vegetarian Arabic Hispanic Latino Latina Asian African European Greek Thai Vietnamese "
+_NOT_NAMES = NATIONALITIES | frozenset(
+    "Catholic Christian Jewish Muslim Hindu Buddhist Protestant Orthodox Vegan Vegetarian Arabic Hispanic Latino "
+    "Latina Asian African European "
     "OK Okay Fine Good Great Sorry Sure Ready Done Back Here There Home Single Married Busy Happy Tired".split()
 )
+
+
+def is_nationality(text: str) -> bool:
+    """ "Brazilian", "South Korean": a nationality's adjective."""
+    return text.title() in NATIONALITIES
 
 
 @dataclass
