@@ -149,7 +149,7 @@ _CONDITIONS = (
     r"(?:type [12] )?diabetes|asthma|celiac disease|coeliac disease|epilepsy|migraines|ADHD|arthritis|"
     r"high blood pressure|eczema|psoriasis|anemia|lupus"
 )
-_CONDITIONS_BEING = r"lactose intolerant|gluten intolerant|diabetic|asthmatic|epileptic|an(?:a)?emic|colou?r[- ]?blind"
+_CONDITIONS_BEING = r"lactose intolerant|gluten intolerant|diabetic|asthmatic|epileptic|ana?emic|colou?r[- ]?blind"
 _CONDITION_QUESTIONS = ("What medical condition do I have?", "What is my medical condition?")
 _LENGTH = rf"(?:\d+[.,]\d+|{_NUMBER}) ?(?:cm|centimet(?:er|re)s?|m|met(?:er|re)s?|feet|foot|ft)"
 _INCHES = rf"(?: (?:and )?(?:\d+|{_UNITS}|ten|eleven)(?: inches| in)?)?"
@@ -216,7 +216,7 @@ USER_RULES = (
     _rule(r"^I (?:am |have )?(?P<o>retired)(?: (?!(?:the|my|his|her|their|our|its|it|them)\b).*)?$",
           "I work", "as", *_WORK_QUESTIONS),
     _rule(rf"^I (?:have|have got|got|bought) (?:an? )?(?P<o>(?:[\w-]+ )?(?:{_CAR_MAKES})\b.*)", "my car", "is a",
-          "What car do I have?", "What is my car?"),
+          *(q.format(attr="car") for q in _BELONGING_QUESTIONS)),
     _rule(r"^I (?:wake up|get up) (?:at|around|by) (?P<o>.+)", "I wake up", "at", "What time do I wake up?",
           "When do I wake up?"),
     # keyed on "born", near the question's end, as "Where was I born?" is; "year" opens "What year was I born?"
