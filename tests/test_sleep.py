@@ -161,6 +161,23 @@ def test_over_the_cap_a_sleep_drops_the_oldest_unpinned_facts_and_says_so(tiny_l
     memory.close()
 
 
+def test_a_refresh_over_the_solve_limit_is_solved_in_turn_each_protecting_the_last(
+        tiny_llama, tokenizer, store_dir, monkeypatch):
+    import sleep_core.cycle.sleep as sleep
+    memory = _memory(tiny_llama, tokenizer, store_dir)
+    five = [Fact(f"Person{i}", "lives in", f"Town{i}", (f"Where does Person{i} live?",)) for i in range(5)]
+    ids = memory.inject_now(five)
+    solves, compute = [], sleep.compute_edits
+    monkeypatch.setattr(sleep, "compute_edits", lambda adapter, tok, facts, cfg, priors, stored: solves.append(
+        (len(facts), stored[adapter.layers[0]].shape[1])) or compute(adapter, tok, facts, cfg, priors, stored))
+    monkeypatch.setattr(sleep, "MAX_BATCH", 2)
+    records = memory.active_records()
+    sleep._refresh(memory, records, records)
+    assert solves == [(2, 0), (2, 4), (1, 8)]     # all five re-solved, two at a time, the earlier ones protected
+    assert set(memory.ledger.columns) == set(ids)
+    memory.close()
+
+
 def test_a_replay_learns_every_fact_again_from_the_pristine_weights(tiny_llama, tokenizer, store_dir, monkeypatch):
     import sleep_core.cycle.sleep as sleep
     memory = _memory(tiny_llama, tokenizer, store_dir)

@@ -167,7 +167,8 @@ def _replay(memory, records) -> None:
 def _refresh(memory, records, degraded) -> list:
     """Revert each degraded fact, with the facts that share its subject (and so its key), and solve new columns
     for all of them with every other fact's keys protected; off the chat path, so each new target is pushed
-    further than a wake edit's (MemoryConfig.refresh_*). Returns the facts re-solved."""
+    further than a wake edit's (MemoryConfig.refresh_*); more than MAX_BATCH are solved in turn, as a solve's memory
+    grows with its facts (a 700-fact CounterFact store's sleep held 21 GB). Returns the facts re-solved."""
     ledger, config = memory.ledger, memory.config
     degraded = about(records, {r.fact.subject_key for r in degraded})
     for r in degraded:
@@ -176,7 +177,8 @@ def _refresh(memory, records, degraded) -> list:
     cfg = replace(config.edit, mode="constrained", v_stop_prob=max(config.edit.v_stop_prob, config.refresh_stop_prob),
                   v_steps=round(config.edit.v_steps * config.refresh_step_factor),
                   clamp_norm=max(config.edit.clamp_norm, config.refresh_clamp))
-    _solve(memory, degraded, cfg)
+    for batch in [degraded] if len(degraded) <= MAX_BATCH else subject_batches(degraded, MAX_BATCH):
+        _solve(memory, batch, cfg)
     return degraded
 
 
