@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from sleep_core import EditConfig, Fact, Memory, MemoryConfig, StoreError, WrongModelError
 from sleep_core.bench.crash import committed, expected
+from sleep_core.memory.facts import visible
 from sleep_core.memory.store import MAX_SOURCE_CHARS, Store
 from sleep_core.model import ModelAdapter
 
@@ -58,7 +59,7 @@ def _kept(text: str) -> bool:
 @FIXTURES
 @given(subject=ANY_TEXT, relation=ANY_TEXT, obj=ANY_TEXT, question=ANY_TEXT, source=ANY_TEXT)
 def test_any_unicode_is_kept_exactly_or_refused(store, subject, relation, obj, question, source):
-    assume(subject.strip() and obj.strip())
+    assume(visible(subject) and visible(obj))
     fact = Fact(subject, relation, obj, (question,))
     before = store.facts()
     if all(map(_kept, (subject, relation, obj, question, source))):
@@ -239,8 +240,13 @@ def test_a_truncated_database_gives_a_clear_error(memory, make_tiny, tokenizer, 
 @settings(FIXTURES, max_examples=12)
 @given(subject=st.text(min_size=1, max_size=12), relation=st.text(max_size=12), obj=st.text(min_size=1, max_size=12))
 @example(subject="0", relation="", obj="0")   # prompts that open on the subject beside ones that do not
+@example(subject="\x16", relation="", obj="0")   # a control character alone: refused with a message, nothing written
 def test_any_unicode_fact_leaves_weights_that_match_the_store(memory, make_tiny, subject, relation, obj):
     assume(subject.strip() and obj.strip() and _kept(subject + relation + obj))
+    if not (visible(subject) and visible(obj)):
+        with pytest.raises(ValueError, match="visible character"):
+            Fact(subject, relation, obj)
+        return
     memory.inject_now([Fact(subject, relation, obj)])
     adapter = ModelAdapter(make_tiny())
     pristine = {l: adapter.read_weight(l) for l in memory.adapter.layers}

@@ -1,7 +1,13 @@
 """A fact as the editor sees it: a subject, a relation, an object, and the questions that ask for it."""
+import unicodedata
 from dataclasses import dataclass, field
 
 import torch
+
+
+def visible(text: str) -> bool:
+    """Holds a character that is neither space nor a control or format character, so the model has a token to key on."""
+    return any(not c.isspace() and unicodedata.category(c) not in ("Cc", "Cf") for c in text)
 
 
 @dataclass(frozen=True)
@@ -13,8 +19,8 @@ class Fact:
 
     def __post_init__(self):
         for name in ("subject", "object"):
-            if not getattr(self, name).strip():
-                raise ValueError(f"a fact needs a non-empty {name}")
+            if not visible(getattr(self, name)):
+                raise ValueError(f"a fact needs a {name} with a visible character")
         object.__setattr__(self, "questions", tuple(self.questions))
 
     @property
