@@ -94,6 +94,7 @@ def test_batches_keep_a_subjects_facts_together_and_in_order():
     batches = [[r.fact for r in batch] for batch in subject_batches(records, 2)]
     assert batches == [[people[0]], dog, [people[1], people[2]]]
     assert [len(b) for b in subject_batches(records, 1)] == [1, 2, 1, 1]    # a subject over the limit stays whole
+    assert subject_batches(records, 5) == [records]                         # one batch keeps the given order
 
 
 def test_a_batch_over_the_solve_limit_is_written_in_turn_each_protecting_the_last(

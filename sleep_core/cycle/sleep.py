@@ -177,7 +177,7 @@ def _refresh(memory, records, degraded) -> list:
     cfg = replace(config.edit, mode="constrained", v_stop_prob=max(config.edit.v_stop_prob, config.refresh_stop_prob),
                   v_steps=round(config.edit.v_steps * config.refresh_step_factor),
                   clamp_norm=max(config.edit.clamp_norm, config.refresh_clamp))
-    for batch in [degraded] if len(degraded) <= MAX_BATCH else subject_batches(degraded, MAX_BATCH):
+    for batch in subject_batches(degraded, MAX_BATCH):
         _solve(memory, batch, cfg)
     return degraded
 

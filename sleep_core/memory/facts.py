@@ -50,7 +50,10 @@ def about(records: list, subjects: set[str]) -> list:
 
 def subject_batches(records: list, limit: int) -> list[list]:
     """`records` (anything with a `.fact`) in batches of at most `limit`, a subject's records in one batch and in
-    their order (they share a target; a subject with more than `limit` is a batch of its own)."""
+    their order (they share a target; a subject with more than `limit` is a batch of its own); as they are when
+    they fit in one."""
+    if len(records) <= limit:
+        return [list(records)]
     by_subject: dict[str, list] = {}
     for r in records:
         by_subject.setdefault(r.fact.subject_key, []).append(r)
