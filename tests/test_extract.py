@@ -77,6 +77,19 @@ ACCEPTED = [
     ("I attended Yale.", [("my school", "is", "Yale")]),
     ("I wake up at 5:30.", [("I wake up", "at", "5:30")]),
     ("I have asthma.", [("my medical condition", "is", "asthma")]),
+    ("I'm an atheist.", [("my religion", "is", "atheist")]),  # not a job, though it ends like one
+    ("I'm a Cancer.", [("my zodiac sign", "is", "Cancer")]),  # nor this
+    ("I got divorced last year.", [("my marital status", "is", "divorced")]),
+    ("I'm engaged to Sam.", [("my fiancé", "'s name is", "Sam")]),
+    ("I'm left-handed.", [("my dominant hand", "is", "left-handed")]),
+    ("I live in Leeds with my girlfriend.", [("I live", "in", "Leeds"), ("I live", "with", "my girlfriend")]),
+    ("I work from home on Fridays.", [("I work", "from", "home")]),
+    ("I take the bus to work.", [("I commute", "to work by", "bus")]),
+    ("I go running every morning.", [("my exercise", "is", "running")]),
+    ("I drink tea twice a day.", [("I drink", "", "tea")]),
+    ("I go to bed at 11pm.", [("I go to bed", "at", "11pm")]),
+    ("I was raised in Texas.", [("I grew up", "in", "Texas")]),
+    ("My mother tongue is Polish.", [("my mother tongue", "is", "Polish")]),  # a language, not the mother
     ("My car is a red Mazda.", [("my car", "is a", "red Mazda")]),
     ("My car is an Audi.", [("my car", "is a", "Audi")]),  # the same slot as "a Mazda": it supersedes it
     ("My car is red.", [("my car", "is", "red")]),
@@ -132,6 +145,9 @@ SILENT = [
     "I went to Cambridge last weekend.",
     "I retired my old laptop.",
     "I have a cold.",
+    "I live with anxiety.",
+    "I work in the mornings.",
+    "I was married.",
 ]
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .candidate import NAME_RELATION, Candidate, Rejection, rejection
-from .subjects import RELATIVE, Context, continues, is_name, is_nationality, is_pet, who
+from .subjects import RELATIVE, Context, continues, is_name, is_nationality, is_pet, is_religion, who
 from .text import DURATION, clauses, trim_object
 
 _UNITS = "one|two|three|four|five|six|seven|eight|nine"
@@ -37,6 +37,7 @@ _OCCUPATIONS = frozenset(
     "sculptor poet author manager director ceo founder entrepreneur freelancer contractor intern retiree "
     "paramedic psychologist economist cashier waiter waitress bartender baker butcher driver".split()
 )
+_ZODIAC = "Aries|Taurus|Gemini|Cancer|Leo|Virgo|Libra|Scorpio|Sagittarius|Capricorn|Aquarius|Pisces"
 _OCCUPATION_ENDINGS = ("er", "or", "ist", "ian", "eer", "man", "woman", "grapher")
 _NOT_OCCUPATIONS = frozenset(
     "mother father brother sister daughter grandmother grandfather partner lover beginner believer member "
@@ -48,9 +49,17 @@ _NOT_OCCUPATIONS = frozenset(
 def is_occupation(text: str) -> bool:
     """ "a music producer": an article and a head noun that names a job."""
     words = text.lower().split()
-    if len(words) < 2 or words[0] not in ("a", "an") or words[-1] in _NOT_OCCUPATIONS or is_nationality(words[-1]):
+    if len(words) < 2 or words[0] not in ("a", "an") or words[-1] in _NOT_OCCUPATIONS:
+        return False
+    if is_nationality(words[-1]) or is_religion(words[-1]) or words[-1].title() in _ZODIAC.split("|"):
         return False
     return words[-1] in _OCCUPATIONS or words[-1].endswith(_OCCUPATION_ENDINGS)
+
+
+def _is_company(text: str) -> bool:
+    """Whom one lives with: "my parents", "two roommates", "Sam" (not "anxiety")."""
+    first = text.lower().split()[0]
+    return first in ("my", "a", "an", "roommates", "friends", "family") or bool(re.match(_NUMBER, first)) or is_name(text)
 
 
 def is_job(text: str) -> bool:
@@ -121,7 +130,7 @@ def _rule(pattern: str, subject: str, relation: str, *questions: str, **options)
     return Rule(re.compile(pattern, re.IGNORECASE), subject, relation, questions, **options)
 
 
-_ABOUT_USER = re.compile(rf"^(?:I\s|at (?:work|home|school)\b|my\s+(?!{RELATIVE}\b))", re.IGNORECASE)
+_ABOUT_USER = re.compile(rf"^(?:I\s|at (?:work|home|school)\b|my\s+(?!{RELATIVE}\b(?! tongue)))", re.IGNORECASE)
 _HAVE = re.compile(rf"^I (?:have|have got|got|own) an? (?P<who>{RELATIVE})\b", re.IGNORECASE)
 _NAME_QUESTIONS = ("What is {s}'s name?", "What's {s} called?")
 _LIVE_QUESTIONS = ("Where do I live?", "Which city do I live in?")
@@ -151,6 +160,8 @@ _CONDITIONS = (
 )
 _CONDITIONS_BEING = r"lactose intolerant|gluten intolerant|diabetic|asthmatic|epileptic|ana?emic|colou?r[- ]?blind"
 _CONDITION_QUESTIONS = ("What medical condition do I have?", "What is my medical condition?")
+_HOBBIES = r"running|jogging|swimming|cycling|biking|hiking|climbing|bouldering|skiing|snowboarding|surfing|skating|rowing"
+_COMMUTE = r"car|bike|bicycle|bus|train|tram|subway|metro|tube|ferry|scooter|motorcycle"
 _LENGTH = rf"(?:\d+[.,]\d+|{_NUMBER}) ?(?:cm|centimet(?:er|re)s?|m|met(?:er|re)s?|feet|foot|ft)"
 _INCHES = rf"(?: (?:and )?(?:\d+|{_UNITS}|ten|eleven)(?: inches| in)?)?"
 
@@ -187,7 +198,9 @@ USER_RULES = (
     ),
     _rule(r"^I used to live in (?P<o>.+)", "I lived before", "in", *_BEFORE_QUESTIONS),
     _rule(r"^I was born in (?P<o>\D+)$", "I was born", "in", "Where was I born?"),
-    _rule(r"^I grew up in (?P<o>.+)", "I grew up", "in", "Where did I grow up?"),
+    _rule(r"^I (?:grew up|was raised|was brought up) in (?P<o>.+)", "I grew up", "in", "Where did I grow up?"),
+    _rule(r"^I (?:live|am living) (?:in .+? )?with (?P<o>.+)", "I live", "with", "Who do I live with?",
+          accepts=_is_company),
     _rule(r"^I (?:work|am working) as (?P<o>.+)", "I work", "as", *_WORK_QUESTIONS),
     _rule(
         r"^(?:I am|my (?:job|occupation|profession) is(?: being)?) (?P<o>an? .+)",
@@ -196,7 +209,14 @@ USER_RULES = (
         *_WORK_QUESTIONS,
         accepts=is_occupation,
     ),
-    _rule(r"^I (?:work|am working) in (?P<o>.+)", "I work", "in", "What field do I work in?"),
+    _rule(r"^I (?:work|am working) from (?P<o>home|the office|an office)\b", "I work", "from",
+          "Where do I work from?", "Do I work from home?"),
+    _rule(rf"^I (?:commute|get to work|go to work|travel to work)(?: to work)? by (?P<o>{_COMMUTE})\b", "I commute",
+          "to work by", "How do I commute to work?", "How do I commute?"),
+    _rule(rf"^I (?:take|ride) (?:the |a |my )?(?P<o>{_COMMUTE}) to work\b", "I commute", "to work by",
+          "How do I commute to work?", "How do I commute?"),
+    _rule(r"^I (?:work|am working) in (?P<o>(?!the (?:morning|evening|afternoon)s?\b).+)", "I work", "in",
+          "What field do I work in?"),
     _rule(r"^I (?:work|am working) (?:at|for) (?P<o>.+?)(?: as an? .+)?$", "I work", "at", *_WORK_AT_QUESTIONS),
     _rule(r"^I (?:work|am working) (?:at|for) .+? as (?P<o>an? .+)", "I work", "as", *_WORK_QUESTIONS),
     _rule(r"^I am (?P<o>an? .+?) (?:at|for) .+", "I work", "as", *_WORK_QUESTIONS, accepts=is_job),
@@ -211,6 +231,20 @@ USER_RULES = (
     _rule(rf"^I am (?P<o>{_CONDITIONS_BEING})$", "my medical condition", "is", *_CONDITION_QUESTIONS),
     _rule(r"^I am (?:an? )?(?P<o>(?:South |New )?\w+)(?: citizen| national)?$", "my nationality", "is",
           "What is my nationality?", "What's my nationality?", accepts=is_nationality),
+    _rule(r"^I am (?:an? )?(?P<o>\w+)$", "my religion", "is", "What is my religion?", "What's my religion?",
+          accepts=is_religion),
+    _rule(rf"^I am an? (?P<o>{_ZODIAC})$", "my zodiac sign", "is", "What is my zodiac sign?", "What's my zodiac sign?"),
+    # marriage and divorce supersede each other: one slot, as a new job supersedes the old
+    _rule(r"^I (?:am|got|have got|have been) (?:recently |just )?(?P<o>single|married|divorced|separated|widowed|"
+          r"engaged)(?: (?:last|this|in|on|a|an|\d+|two|three|four|five|six|seven|eight|nine|ten)\b.*)?$", "my marital status", "is", "What is my marital status?", "What's my marital status?"),
+    _rule(r"^I am engaged to (?P<o>.+)", "my fiancé", NAME_RELATION, "What is my fiancé's name?", "Who is my fiancé?",
+          accepts=is_name),
+    _rule(r"^I am (?P<o>(?:left|right)[- ]?handed)$", "my dominant hand", "is", "What is my dominant hand?",
+          "Which is my dominant hand?"),
+    _rule(rf"^I (?:go|love going|like going|enjoy) (?P<o>{_HOBBIES})\b", "my exercise", "is",
+          "What exercise do I do?", "What is my exercise?"),
+    _rule(r"^I (?:go to bed|go to sleep|fall asleep) (?:at|around|by) (?P<o>.+)", "I go to bed", "at",
+          "What time do I go to bed?", "When do I go to bed?"),
     _rule(rf"^I am (?P<o>{_LENGTH}{_INCHES})(?: tall)?$", "my height", "is", "What is my height?", "What's my height?"),
     # retirement supersedes the job, as a new job would; "I retired my old laptop" is not it
     _rule(r"^I (?:am |have )?(?P<o>retired)(?: (?!(?:the|my|his|her|their|our|its|it|them)\b).*)?$",

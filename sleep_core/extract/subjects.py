@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from .candidate import NAME_RELATION
 from .text import VERBS
 
-FEMALE = frozenset("sister daughter wife mother mom mum girlfriend grandmother grandma aunt niece fiancee".split())
-MALE = frozenset("brother son husband father dad boyfriend grandfather grandpa uncle nephew fiance".split())
+FEMALE = frozenset("sister daughter wife mother mom mum girlfriend grandmother grandma aunt niece fiancee fiancée".split())
+MALE = frozenset("brother son husband father dad boyfriend grandfather grandpa uncle nephew fiance fiancé".split())
 PETS = frozenset("dog cat puppy kitten horse parrot rabbit hamster bird turtle pet".split())
 _OTHERS = "partner spouse best friend friend cousin boss roommate kid child baby twin".split()
 _RELATIVES = sorted(FEMALE | MALE | PETS | set(_OTHERS), key=len, reverse=True)
@@ -30,10 +30,13 @@ NATIONALITIES = frozenset(
     "Pakistani Bangladeshi Nepali Chinese Japanese Korean Vietnamese Thai Filipino Indonesian Malaysian "
     "Singaporean Taiwanese Australian".split()
 ) | {"South African", "South Korean", "New Zealander"}
+RELIGIONS = frozenset(
+    "Christian Catholic Protestant Orthodox Evangelical Baptist Methodist Lutheran Anglican Mormon Quaker Jewish "
+    "Muslim Hindu Buddhist Sikh Jain Taoist Pagan Atheist Agnostic".split()
+)
 # Capitalised words after "is" that describe rather than name ("My wife is French").
-_NOT_NAMES = NATIONALITIES | frozenset(
-    "Catholic Christian Jewish Muslim Hindu Buddhist Protestant Orthodox Vegan Vegetarian Arabic Hispanic Latino "
-    "Latina Asian African European "
+_NOT_NAMES = NATIONALITIES | RELIGIONS | frozenset(
+    "Vegan Vegetarian Arabic Hispanic Latino Latina Asian African European "
     "OK Okay Fine Good Great Sorry Sure Ready Done Back Here There Home Single Married Busy Happy Tired".split()
 )
 
@@ -41,6 +44,11 @@ _NOT_NAMES = NATIONALITIES | frozenset(
 def is_nationality(text: str) -> bool:
     """ "Brazilian", "South Korean": a nationality's adjective."""
     return text.title() in NATIONALITIES
+
+
+def is_religion(text: str) -> bool:
+    """ "Catholic", "an atheist": a faith (or none) said of a person."""
+    return text.title().removeprefix("A ").removeprefix("An ") in RELIGIONS
 
 
 @dataclass
