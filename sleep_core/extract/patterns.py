@@ -59,7 +59,8 @@ def is_occupation(text: str) -> bool:
 def _is_company(text: str) -> bool:
     """Whom one lives with: "my parents", "two roommates", "Sam" (not "anxiety")."""
     first = text.lower().split()[0]
-    return first in ("my", "a", "an", "roommates", "friends", "family") or bool(re.match(_NUMBER, first)) or is_name(text)
+    known = first in ("my", "a", "an", "roommates", "friends", "family") or re.fullmatch(_NUMBER, first)
+    return bool(known) or is_name(text)
 
 
 def is_job(text: str) -> bool:
@@ -160,7 +161,9 @@ _CONDITIONS = (
 )
 _CONDITIONS_BEING = r"lactose intolerant|gluten intolerant|diabetic|asthmatic|epileptic|ana?emic|colou?r[- ]?blind"
 _CONDITION_QUESTIONS = ("What medical condition do I have?", "What is my medical condition?")
-_HOBBIES = r"running|jogging|swimming|cycling|biking|hiking|climbing|bouldering|skiing|snowboarding|surfing|skating|rowing"
+_HOBBIES = (
+    r"running|jogging|swimming|cycling|biking|hiking|climbing|bouldering|skiing|snowboarding|surfing|skating|rowing"
+)
 _COMMUTE = r"car|bike|bicycle|bus|train|tram|subway|metro|tube|ferry|scooter|motorcycle"
 _LENGTH = rf"(?:\d+[.,]\d+|{_NUMBER}) ?(?:cm|centimet(?:er|re)s?|m|met(?:er|re)s?|feet|foot|ft)"
 _INCHES = rf"(?: (?:and )?(?:\d+|{_UNITS}|ten|eleven)(?: inches| in)?)?"
@@ -236,8 +239,10 @@ USER_RULES = (
     _rule(rf"^I am an? (?P<o>{_ZODIAC})$", "my zodiac sign", "is", "What is my zodiac sign?", "What's my zodiac sign?"),
     # marriage and divorce supersede each other: one slot, as a new job supersedes the old
     _rule(r"^I (?:am|got|have got|have been) (?:recently |just )?(?P<o>single|married|divorced|separated|widowed|"
-          r"engaged)(?: (?:last|this|in|on|a|an|\d+|two|three|four|five|six|seven|eight|nine|ten)\b.*)?$", "my marital status", "is", "What is my marital status?", "What's my marital status?"),
-    _rule(r"^I am engaged to (?P<o>.+)", "my fiancé", NAME_RELATION, "What is my fiancé's name?", "Who is my fiancé?",
+          r"engaged)(?: (?:last|this|in|on|a|an|\d+|two|three|four|five|six|seven|eight|nine|ten)\b.*)?$",
+          "my marital status", "is", "What is my marital status?", "What's my marital status?"),
+    _rule(r"^I am engaged to (?P<o>.+)", "my fiancé", NAME_RELATION, "What is my fiancé's name?",
+          "Who is my fiancé?",
           accepts=is_name),
     _rule(r"^I am (?P<o>(?:left|right)[- ]?handed)$", "my dominant hand", "is", "What is my dominant hand?",
           "Which is my dominant hand?"),

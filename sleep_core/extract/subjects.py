@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from .candidate import NAME_RELATION
 from .text import VERBS
 
-FEMALE = frozenset("sister daughter wife mother mom mum girlfriend grandmother grandma aunt niece fiancee fiancée".split())
+FEMALE = frozenset(
+    "sister daughter wife mother mom mum girlfriend grandmother grandma aunt niece fiancee fiancée".split()
+)
 MALE = frozenset("brother son husband father dad boyfriend grandfather grandpa uncle nephew fiance fiancé".split())
 PETS = frozenset("dog cat puppy kitten horse parrot rabbit hamster bird turtle pet".split())
 _OTHERS = "partner spouse best friend friend cousin boss roommate kid child baby twin".split()
