@@ -328,7 +328,15 @@ def _summary(report: dict | None) -> str:
     when = report["started_at"][:16].replace("T", " ")
     return (f"**{report['kind'].capitalize()} #{report.get('id', '')}**, {when}: {verdict} in "
             f"{report['seconds']:.1f} s. Recall {_num(report['recall_before'])} → {_num(report['recall_after'])}, "
-            f"perplexity {_num(report['ppl_before'])} → {_num(report['ppl_after'])}, {len(report['facts'])} facts.")
+            f"perplexity {_num(report['ppl_before'])} → {_num(report['ppl_after'])}, {len(report['facts'])} facts"
+            f"{_changes(report)}.")
+
+
+def _changes(report: dict) -> str:
+    """The summary's ", 7 repaired, 2 tipped over" where a sleep changed what is recalled (older reports lack it)."""
+    if "repaired" not in report or not (report["repaired"] or report["tipped"]):
+        return ""
+    return f", {len(report['repaired'])} repaired, {len(report['tipped'])} tipped over"
 
 
 def _num(value) -> str:

@@ -125,6 +125,7 @@ def test_sleep_repairs_a_damaged_fact_and_relieves_drowsiness(real_model, tokeni
     assert raw_recall(real_model, tokenizer, [DOG]) == [False]
     report = memory.sleep()
     assert report.committed and report.refreshed == [fact_id]
+    assert report.repaired == [fact_id] and report.tipped == []
     assert raw_recall(real_model, tokenizer, [DOG]) == [True]
     assert memory.drowsiness() == awake
     memory.forget_everything()

@@ -37,7 +37,8 @@ def convergence(model, tokenizer, facts, store: Path, cycles: int, target: float
             recall.append(report.recall_after if report.committed else report.recall_before)
             seconds.append(report.seconds)
             sleeps.append({k: getattr(report, k) for k in ("committed", "reason", "chat_recall_after",
-                                                          "ppl_before", "ppl_after", "refreshed", "timings")})
+                                                          "ppl_before", "ppl_after", "refreshed", "repaired", "tipped",
+                                                          "timings")})
             kept.append(still_known(model, tokenizer, known))
             drift.append((report.ppl_after if report.committed else report.ppl_before) / ppl_base - 1)
         bar.close()

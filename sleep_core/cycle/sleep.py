@@ -42,6 +42,8 @@ class SleepReport:
     ppl_before: float = 0.0
     ppl_after: float = 0.0
     refreshed: list[int] = field(default_factory=list)
+    repaired: list[int] = field(default_factory=list)    # not recalled before, recalled after (raw completion)
+    tipped: list[int] = field(default_factory=list)      # recalled before, not after: what the change cost
     consolidated: bool = False      # every fact's columns were re-solved jointly (or replayed, `MemoryConfig.replay`)
     dropped: list[dict] = field(default_factory=list)    # facts over the cap, each with the reason
     facts: list[dict] = field(default_factory=list)
@@ -127,6 +129,8 @@ def _refresh_and_validate(memory, records, degraded, before: Audit, report: Slee
     report.recall_after, report.chat_recall_after = after.recall("raw"), after.recall("chat")
     report.timings["validate"] = time.perf_counter() - clock
     report.facts = _fact_rows(records, before, after)
+    report.repaired = [r.id for r in records if after.raw[r.id] and not before.raw[r.id]]
+    report.tipped = [r.id for r in records if before.raw[r.id] and not after.raw[r.id]]
     if worse := regression(report, memory.config.ppl_tolerance):
         ledger.restore(snapshot)
         report.consolidated = False
