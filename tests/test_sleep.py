@@ -77,7 +77,8 @@ def test_facts_injected_together_are_one_solve_and_the_batch_supersedes_within_i
     aria, = memory.inject_now([FACTS[1]])
     solves, compute = [], facade.compute_edits
     monkeypatch.setattr(facade, "compute_edits", lambda *a, **k: solves.append(len(a[2])) or compute(*a, **k))
-    rex, kaito = dataclasses.replace(DOG, object="Rex"), Fact("Kaito", "works as", "cartographer", ("What does Kaito do?",))
+    rex = dataclasses.replace(DOG, object="Rex")
+    kaito = Fact("Kaito", "works as", "cartographer", ("What does Kaito do?",))
     biscuit, again, rex_id, kaito_id = memory.inject_now([DOG, FACTS[1], rex, kaito], together=True)
     assert solves == [2], "Rex and Kaito in one solve; Biscuit outvoted in the batch, Aria already stored"
     status = {r.id: r.status for r in memory.facts()}
