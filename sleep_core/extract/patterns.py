@@ -246,7 +246,7 @@ USER_RULES = (
           accepts=is_name),
     _rule(r"^I am (?P<o>(?:left|right)[- ]?handed)$", "my dominant hand", "is", "What is my dominant hand?",
           "Which is my dominant hand?"),
-    _rule(rf"^I (?:go|love going|like going|enjoy) (?P<o>{_HOBBIES})\b", "my exercise", "is",
+    _rule(rf"^I go (?P<o>{_HOBBIES})\b", "my exercise", "is",
           "What exercise do I do?", "What is my exercise?"),
     _rule(r"^I (?:go to bed|go to sleep|fall asleep) (?:at|around|by) (?P<o>.+)", "I go to bed", "at",
           "What time do I go to bed?", "When do I go to bed?"),
