@@ -17,13 +17,14 @@ from .common import bench_config, edit_settings, emit, load_model, model_name, o
 log = logging.getLogger(__name__)
 
 
-# the reference's set, and three written for this project (more relatives and pronouns across messages; a life
-# history; who I am and how I live)
+# the reference's set, and four written for this project (more relatives and pronouns across messages; a life
+# history; who I am and how I live; beliefs, relationships and habits)
 SETS = {
     "seed": "seed_conversation_facts.json",
     "more": "conversation_more.json",
     "life": "conversation_life.json",
     "about": "conversation_about.json",
+    "habits": "conversation_habits.json",
 }
 
 
