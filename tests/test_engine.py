@@ -115,6 +115,31 @@ def test_a_target_that_is_reached_stops_costing_steps(tiny_llama, tokenizer, mon
     assert torch.allclose(pruned.prob, kept.prob)
 
 
+def test_a_large_batchs_targets_are_optimised_in_chunks_each_subject_in_one(tiny_llama, tokenizer, monkeypatch):
+    """The target optimisation's memory grows with its prompts, so a batch over TARGET_CHUNK facts is optimised a
+    chunk at a time; each fact's target and h0 are the ones its chunk gives alone, and facts about one subject
+    share a chunk (and a target)."""
+    import sleep_core.editing.memit as memit
+    from sleep_core.editing.prompts import build_batch
+    monkeypatch.setattr(memit, "TARGET_CHUNK", 2)
+    adapter = ModelAdapter(tiny_llama)
+    cfg = EditConfig(v_steps=4, v_bf16=False)
+    facts = [FACTS[0], FACTS[1], replace(FACTS[0], relation="works as", object="baker"), FACTS[2],
+             Fact("Noor", "plays", "chess", ("What does Noor play?",))]
+    batch = build_batch(tokenizer, facts, cfg)
+    chunks, optimize = [], adapter.optimize_targets
+    monkeypatch.setattr(adapter, "optimize_targets",
+                        lambda sub, layer, c: chunks.append(sub.n_facts) or optimize(sub, layer, c))
+    targets = memit._optimize_in_chunks(adapter, tokenizer, facts, batch, cfg)
+    assert chunks == [2, 2, 1]      # Aria's two facts, then "my dog" and Kaito, then Noor
+    assert torch.equal(targets.delta[batch.fact_target[0]], targets.delta[batch.fact_target[2]])
+    alone = optimize(build_batch(tokenizer, [facts[1], facts[3]], cfg), adapter.layers[-1], cfg)
+    rows = torch.cat([(batch.fact == i).nonzero().squeeze(1) for i in (1, 3)])
+    assert torch.equal(targets.delta[batch.fact_target[[1, 3]]], alone.delta)
+    assert torch.equal(targets.h0[rows], alone.h0) and torch.equal(targets.prob[[1, 3]], alone.prob)
+    assert targets.h0.abs().sum(1).gt(0).all(), "every prompt's h0 is filled in"
+
+
 def test_on_a_gpu_every_row_runs_in_one_group_to_the_end(tiny_llama, tokenizer, monkeypatch):
     """A GPU step costs per kernel launch: rows of any length run padded in one group per kind (with and without
     a prefix to cache), never regrouped, and the padding changes nothing."""
