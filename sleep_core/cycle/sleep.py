@@ -171,8 +171,8 @@ def _replay(memory, records) -> None:
 def _refresh(memory, records, degraded) -> list:
     """Revert each degraded fact, with the facts that share its subject (and so its key), and solve new columns
     for all of them with every other fact's keys protected; off the chat path, so each new target is pushed
-    further than a wake edit's (MemoryConfig.refresh_*); more than MAX_BATCH are solved in turn, as a solve's memory
-    grows with its facts (a 700-fact CounterFact store's sleep held 21 GB). Returns the facts re-solved."""
+    further than a wake edit's (MemoryConfig.refresh_*); more than MAX_BATCH are solved in turn, as wake batches
+    are (editing/memit.py). Returns the facts re-solved."""
     ledger, config = memory.ledger, memory.config
     degraded = about(records, {r.fact.subject_key for r in degraded})
     for r in degraded:
