@@ -41,7 +41,7 @@ _ZODIAC = "Aries|Taurus|Gemini|Cancer|Leo|Virgo|Libra|Scorpio|Sagittarius|Capric
 _OCCUPATION_ENDINGS = ("er", "or", "ist", "ian", "eer", "man", "woman", "grapher")
 _NOT_OCCUPATIONS = frozenset(
     "mother father brother sister daughter grandmother grandfather partner lover beginner believer member "
-    "vegetarian christian libertarian foreigner newcomer outsider smoker drinker fan human person woman man "
+    "vegetarian libertarian foreigner newcomer outsider smoker drinker fan human person woman man "
     "parent resident immigrant patient introvert extrovert ginger leader follower gamer".split()
 )
 

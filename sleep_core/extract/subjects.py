@@ -49,8 +49,8 @@ def is_nationality(text: str) -> bool:
 
 
 def is_religion(text: str) -> bool:
-    """ "Catholic", "an atheist": a faith (or none) said of a person."""
-    return text.title().removeprefix("A ").removeprefix("An ") in RELIGIONS
+    """ "Catholic", "atheist": a faith (or none) said of a person."""
+    return text.title() in RELIGIONS
 
 
 @dataclass
