@@ -90,6 +90,15 @@ ACCEPTED = [
     ("I drink tea twice a day.", [("I drink", "", "tea")]),
     ("I go to bed at 11pm.", [("I go to bed", "at", "11pm")]),
     ("I was raised in Texas.", [("I grew up", "in", "Texas")]),
+    ("I sleep at 11pm.", [("I go to bed", "at", "11pm")]),
+    ("I'm an only child.", [("my birth order", "is", "an only child")]),
+    ("I'm the oldest of three kids.", [("my birth order", "is", "the oldest of three")]),
+    ("I'm an introvert.", [("my personality type", "is", "introvert")]),
+    ("I'm a night owl.", [("my sleep rhythm", "is", "night owl")]),
+    ("I live by myself.", [("I live", "with", "alone")]),  # the slot of "I live with my girlfriend": it supersedes
+    ("I have a peanut allergy.", [("I am allergic", "to", "peanut")]),
+    ("My office is in Berlin.", [("my office", "is in", "Berlin")]),
+    ("I speak three languages.", [("the number of languages I speak", "is", "three")]),  # not a language
     ("My mother tongue is Polish.", [("my mother tongue", "is", "Polish")]),  # a language, not the mother
     ("My car is a red Mazda.", [("my car", "is a", "red Mazda")]),
     ("My car is an Audi.", [("my car", "is a", "Audi")]),  # the same slot as "a Mazda": it supersedes it
@@ -149,6 +158,8 @@ SILENT = [
     "I live with anxiety.",
     "I work in the mornings.",
     "I was married.",
+    "I sleep at my parents' house.",
+    "I have a lot of allergy symptoms.",
 ]
 
 

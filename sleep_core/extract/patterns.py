@@ -83,7 +83,7 @@ def is_school(text: str) -> bool:
 
 @dataclass(frozen=True)
 class Rule:
-    """A clause pattern with group `o` (the object) and templates for subject, relation and questions.
+    """A clause pattern with group `o` (the object, unless fixed) and templates for subject, relation and questions.
 
     Templates see the pattern's other groups in lower case, `s` (the clause's subject, for rules about
     others) and `base` (the verb's base form: "loves" -> "love").
@@ -96,6 +96,7 @@ class Rule:
     who: str = "any"  # about others: "any", "family" ("my …"), "pet", "person"
     accepts: Callable[[str], bool] | None = None
     job: bool = False  # the group `job` must name an occupation ("I am an engineer at <o>")
+    object: str = ""  # a fixed object, for a pattern without `o` ("I live on my own": with "alone")
 
     def apply(self, clause: str, subject: str = "") -> tuple[str, str, str, tuple[str, ...]] | None:
         """(subject, relation, object, questions) if the clause matches, else None."""
@@ -103,7 +104,7 @@ class Rule:
         if not m or not self._fits(subject) or (self.job and not is_job(m["job"])):
             return None
         fields = {k: v.lower() for k, v in m.groupdict().items() if v is not None and k != "o"}
-        obj = trim_object(m["o"])
+        obj = self.object or trim_object(m["o"])
         if self.accepts and not self.accepts(obj):
             return None
         fields |= {"s": subject, "base": _base(fields.get("verb", ""))}
@@ -165,6 +166,7 @@ _HOBBIES = (
     r"running|jogging|swimming|cycling|biking|hiking|climbing|bouldering|skiing|snowboarding|surfing|skating|rowing"
 )
 _COMMUTE = r"car|bike|bicycle|bus|train|tram|subway|metro|tube|ferry|scooter|motorcycle"
+_CLOCK = r"(?:\d{1,2}(?:[:.]\d\d)? ?(?:am|pm|a\.m\.|p\.m\.)?|midnight|noon)"
 _LENGTH = rf"(?:\d+[.,]\d+|{_NUMBER}) ?(?:cm|centimet(?:er|re)s?|m|met(?:er|re)s?|feet|foot|ft)"
 _INCHES = rf"(?: (?:and )?(?:\d+|{_UNITS}|ten|eleven)(?: inches| in)?)?"
 
@@ -250,6 +252,22 @@ USER_RULES = (
           "What exercise do I do?", "What is my exercise?"),
     _rule(r"^I (?:go to bed|go to sleep|fall asleep) (?:at|around|by) (?P<o>.+)", "I go to bed", "at",
           "What time do I go to bed?", "When do I go to bed?"),
+    _rule(rf"^I (?:usually )?sleep (?:at|around|by) (?P<o>{_CLOCK})$", "I go to bed", "at",
+          "What time do I go to bed?", "When do I go to bed?"),
+    _rule(r"^I am (?P<o>an only child|the (?:oldest|eldest|youngest|middle)(?: child| one)?(?: of \w+)?)"
+          r"(?: (?:kids|children|siblings))?$", "my birth order", "is", "What is my birth order?",
+          "What's my birth order?"),
+    _rule(r"^I am (?:an? )?(?P<o>introvert|extrovert|extravert|ambivert|[EI][NS][FT][JP])$", "my personality type",
+          "is", "What is my personality type?", "What's my personality type?"),
+    _rule(r"^I am (?:an? )?(?P<o>night owl|early bird|morning person|night person|evening person)$",
+          "my sleep rhythm", "is", "What is my sleep rhythm?", "What's my sleep rhythm?"),
+    # living alone supersedes living with someone: the same slot
+    _rule(r"^I live (?:alone|by myself|on my own)$", "I live", "with", "Who do I live with?", object="alone"),
+    _rule(r"^I have an? (?P<o>[\w ]+?) allergy$", "I am allergic", "to", "What am I allergic to?"),
+    _rule(r"^my (?P<attr>office|workplace|studio|gym) is (?:in|at|on) (?P<o>.+)", "my {attr}", "is in",
+          "Where is my {attr}?"),
+    _rule(rf"^I speak (?P<o>{_NUMBER}) languages$", "the number of languages I speak", "is",
+          "How many languages do I speak?"),
     _rule(rf"^I am (?P<o>{_LENGTH}{_INCHES})(?: tall)?$", "my height", "is", "What is my height?", "What's my height?"),
     # retirement supersedes the job, as a new job would; "I retired my old laptop" is not it
     _rule(r"^I (?:am |have )?(?P<o>retired)(?: (?!(?:the|my|his|her|their|our|its|it|them)\b).*)?$",
@@ -269,7 +287,7 @@ USER_RULES = (
           "What music do I listen to?"),
     _rule(r"^I am (?:a )?(?:big |huge )?fan of (?P<o>.+)", "I am a fan", "of", "What am I a fan of?"),
     _rule(r"^I am into (?P<o>.+)", "I am into", "", "What am I into?"),
-    _rule(r"^I speak (?P<o>.+)", "I speak", "", "What language do I speak?", "Which languages do I speak?"),
+    _rule(rf"^I speak (?!{_NUMBER} languages$)(?P<o>.+)", "I speak", "", "What language do I speak?", "Which languages do I speak?"),
     # "What did I study?" holds "study", not "studied": the past is keyed on a tense-free wording
     _rule(
         r"^I (?:studied|majored in|have studied) (?!at\b|in\b)(?P<o>.+)", "my field of study", "is", *_STUDY_QUESTIONS
