@@ -45,6 +45,23 @@ def test_a_sleep_that_makes_perplexity_worse_is_rolled_back_bitwise(tiny_llama, 
     memory.close()
 
 
+def test_a_sleep_whose_first_refresh_batch_is_refused_keeps_nothing_and_skips_validation(
+        tiny_llama, tokenizer, store_dir, monkeypatch):
+    import sleep_core.cycle.sleep as sleep
+    monkeypatch.setattr(sleep, "MAX_BATCH", 1)
+    memory = _memory(tiny_llama, tokenizer, store_dir, ppl_tolerance=-1.0, consolidate=False)
+    memory.inject_now(FACTS)
+    for fact_id in memory.ledger.columns:
+        _damage(memory, fact_id)
+    before, columns = _weights(memory), memory.ledger.snapshot()
+    report = memory.sleep()
+    assert report.reason.startswith("nothing kept: stopped at batch 1 of 2") and not report.committed
+    assert report.refreshed == [] and "validate" not in report.timings
+    assert all(torch.equal(before[l], memory.adapter.read_weight(l)) for l in before)
+    assert memory.ledger.snapshot() == columns
+    memory.close()
+
+
 @pytest.mark.parametrize("after, verdict", [
     ({"ppl_after": 10.0}, ""),
     ({"ppl_after": 10.2}, "perplexity rose"),
@@ -164,20 +181,38 @@ def test_over_the_cap_a_sleep_drops_the_oldest_unpinned_facts_and_says_so(tiny_l
     memory.close()
 
 
-def test_a_refresh_over_the_solve_limit_is_solved_in_turn_each_protecting_the_last(
-        tiny_llama, tokenizer, store_dir, monkeypatch):
+@pytest.mark.model
+def test_a_refresh_in_batches_keeps_each_that_gains_recall_and_stops_at_the_first_that_does_not(
+        real_model, tokenizer, store_dir, monkeypatch):
     import sleep_core.cycle.sleep as sleep
-    memory = _memory(tiny_llama, tokenizer, store_dir)
-    five = [Fact(f"Person{i}", "lives in", f"Town{i}", (f"Where does Person{i} live?",)) for i in range(5)]
-    ids = memory.inject_now(five)
+    memory = Memory.open(real_model, tokenizer, MemoryConfig(store_dir=store_dir, auto_sleep=False))
+    kaito = Fact("Kaito", "works as", "cartographer", ("What does Kaito work as?",))
+    three = [DOG, FACTS[1], kaito]
+    ids = memory.inject_now(three)
+    for fact_id in ids:
+        _damage(memory, fact_id)
+    damaged = memory.ledger.snapshot()
+    recalled = raw_recall(real_model, tokenizer, three)
     solves, compute = [], sleep.compute_edits
-    monkeypatch.setattr(sleep, "compute_edits", lambda adapter, tok, facts, cfg, priors, stored: solves.append(
-        (len(facts), stored[adapter.layers[0]].shape[1])) or compute(adapter, tok, facts, cfg, priors, stored))
-    monkeypatch.setattr(sleep, "MAX_BATCH", 2)
+
+    def solve(adapter, tok, facts, cfg, priors, stored):
+        solves.append((facts[0].object, stored[adapter.layers[0]].shape[1]))
+        edits = compute(adapter, tok, facts, cfg, priors, stored)
+        if facts[0].object == "cartographer":     # a solve that repairs nothing, as one in a full key space does
+            return [dataclasses.replace(e, a={l: torch.zeros_like(a) for l, a in e.a.items()}) for e in edits]
+        return edits
+    monkeypatch.setattr(sleep, "compute_edits", solve)
+    monkeypatch.setattr(sleep, "MAX_BATCH", 1)
     records = memory.active_records()
-    sleep._refresh(memory, records, records)
-    assert solves == [(2, 0), (2, 4), (1, 8)]     # all five re-solved, two at a time, the earlier ones protected
-    assert set(memory.ledger.columns) == set(ids)
+    solved, stopped = sleep._refresh(memory, records, records, sum(recalled), float("inf"), lambda step: None)
+    keys = solves[1][1]
+    assert recalled == [False] * 3 and solves == [("Biscuit", 0), ("Portland", keys), ("cartographer", 2 * keys)]
+    assert keys > 0, "each batch is solved with the ones before it protected"
+    assert [r.id for r in solved] == ids[:2] and stopped.startswith("stopped at batch 3 of 3: raw recall 2 -> 2")
+    assert raw_recall(real_model, tokenizer, three) == [True, True, False]
+    assert all(torch.equal(memory.ledger.columns[ids[2]].a[l], damaged[ids[2]].a[l]) for l in memory.adapter.layers)
+    assert memory.ledger.columns[ids[0]] is not damaged[ids[0]]
+    memory.forget_everything()
     memory.close()
 
 

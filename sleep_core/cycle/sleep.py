@@ -60,6 +60,15 @@ def _fact_rows(records, before: Audit, after: Audit) -> list[dict]:
             for r in records]
 
 
+def _unchanged(report: SleepReport, records, before: Audit, reason: str) -> Audit:
+    """Fill `report` for a sleep that leaves the weights as they were."""
+    report.recall_after, report.chat_recall_after, report.ppl_after = (
+        report.recall_before, report.chat_recall_before, report.ppl_before)
+    report.facts = _fact_rows(records, before, before)
+    report.reason = reason
+    return before
+
+
 def run_sleep(memory, report: SleepReport, progress: Callable[[Progress], None], nap: bool = False) -> Audit:
     """One sleep (or nap) over `memory`'s stored facts; fills `report`; returns the audit that stands."""
     model, tok = memory.adapter.model, memory.tokenizer
@@ -74,11 +83,8 @@ def run_sleep(memory, report: SleepReport, progress: Callable[[Progress], None],
     report.timings["audit"] = time.perf_counter() - clock
     degraded = [r for r in records if not before.healthy(r.id)]
     if nap or not degraded:
-        report.recall_after, report.chat_recall_after, report.ppl_after = (
-            report.recall_before, report.chat_recall_before, report.ppl_before)
-        report.facts = _fact_rows(records, before, before)
-        report.reason = "nap: audit only" if nap else "every fact is healthy; nothing to change"
-        return before
+        return _unchanged(report, records, before, "nap: audit only" if nap else
+                          "every fact is healthy; nothing to change")
 
     with memory.weight_lock():   # the audit above only reads weights; chat may go on meanwhile
         snapshot = memory.ledger.snapshot()
@@ -111,16 +117,23 @@ def _refresh_and_validate(memory, records, degraded, before: Audit, report: Slee
 
     clock = time.perf_counter()
     refreshed: set[int] = set()
+    recalled = sum(recall.values()) if report.consolidated else sum(before.raw.values())
+    ppl_limit = report.ppl_before * (1 + memory.config.ppl_tolerance)
+    stopped = ""
     for round_ in range(memory.config.refresh_rounds):
-        if not degraded:
+        if not degraded or stopped:
             break
         progress(Progress("refresh", 0.4 + 0.1 * round_, f"refreshing {len(degraded)} degraded facts in place"))
-        refreshed |= {r.id for r in _refresh(memory, records, degraded)}
-        if round_ + 1 < memory.config.refresh_rounds:
+        solved, stopped = _refresh(memory, records, degraded, recalled, ppl_limit, progress)
+        refreshed |= {r.id for r in solved}
+        if round_ + 1 < memory.config.refresh_rounds and not stopped:
             # a refresh may tip a barely healthy fact over; the next round repairs it under the same protection
-            degraded = [r for r, ok in zip(records, raw_recall(model, tok, facts)) if not ok]
+            raw = raw_recall(model, tok, facts)
+            degraded, recalled = [r for r, ok in zip(records, raw) if not ok], sum(raw)
     report.refreshed = sorted(refreshed)
     report.timings["refresh"] = time.perf_counter() - clock
+    if not refreshed and not report.consolidated:       # the weights are the snapshot's: nothing to validate
+        return _unchanged(report, records, before, f"nothing kept: {stopped}")
 
     progress(Progress("validate", 0.7, "checking recall and perplexity"))
     clock = time.perf_counter()
@@ -142,7 +155,7 @@ def _refresh_and_validate(memory, records, degraded, before: Audit, report: Slee
     report.committed = True
     report.reason = ", ".join(part for part in (
         f"consolidated {len(records)} facts" if report.consolidated else "",
-        f"refreshed {len(refreshed)} facts" if refreshed else "") if part) or "nothing to change"
+        f"refreshed {len(refreshed)} facts" if refreshed else "", stopped) if part) or "nothing to change"
     return after
 
 
@@ -168,22 +181,46 @@ def _replay(memory, records) -> None:
         _solve(memory, batch, memory.config.edit)
 
 
-def _refresh(memory, records, degraded) -> list:
+def _refresh(memory, records, degraded, recalled: int, ppl_limit: float,
+             progress: Callable[[Progress], None]) -> tuple[list, str]:
     """Revert each degraded fact, with the facts that share its subject (and so its key), and solve new columns
     for all of them with every other fact's keys protected; off the chat path, so each new target is pushed
     further than a wake edit's (MemoryConfig.refresh_*); more than MAX_BATCH are solved in turn, as wake batches
-    are (editing/memit.py). Returns the facts re-solved."""
-    ledger, config = memory.ledger, memory.config
+    are (editing/memit.py). Returns the facts re-solved, and why the refresh stopped short ("" if it did not).
+
+    Past a few hundred facts a batch tips over about as many healthy facts as it repairs (README, "where it
+    bends"), and each batch of 100 costs minutes on a CPU; so when there are several, each is measured (raw recall
+    of all `records`, against `recalled` before it, and perplexity against `ppl_limit`) and the first that gains no
+    recall or breaks the budget is undone, with the facts after it keeping their columns, and ends the refresh."""
+    model, tok, ledger, config = memory.adapter.model, memory.tokenizer, memory.ledger, memory.config
     degraded = about(records, {r.fact.subject_key for r in degraded})
+    start = ledger.snapshot()
     for r in degraded:
         ledger.remove(r.id)
     ledger.rebuild()
     cfg = replace(config.edit, mode="constrained", v_stop_prob=max(config.edit.v_stop_prob, config.refresh_stop_prob),
                   v_steps=round(config.edit.v_steps * config.refresh_step_factor),
                   clamp_norm=max(config.edit.clamp_norm, config.refresh_clamp))
-    for batch in subject_batches(degraded, MAX_BATCH):
+    batches = subject_batches(degraded, MAX_BATCH)
+    if len(batches) == 1:
+        _solve(memory, degraded, cfg)
+        return degraded, ""
+    solved: list = []
+    for i, batch in enumerate(batches):
+        progress(Progress("refresh", 0.4, f"refreshing batch {i + 1} of {len(batches)} ({len(batch)} facts)"))
+        kept = ledger.snapshot()
         _solve(memory, batch, cfg)
-    return degraded
+        now = sum(raw_recall(model, tok, [r.fact for r in records]))
+        ppl = perplexity(model, tok, memory.heldout_text(), config.ppl_tokens)
+        if now <= recalled or ppl > ppl_limit:
+            ledger.restore({**kept, **{r.id: start[r.id] for b in batches[i:] for r in b}})
+            log.info("refresh stopped at batch %d of %d: raw recall %d -> %d, perplexity %.2f (limit %.2f)",
+                     i + 1, len(batches), recalled, now, ppl, ppl_limit)
+            return solved, (f"stopped at batch {i + 1} of {len(batches)}: raw recall {recalled} -> {now} of "
+                            f"{len(records)}, perplexity {ppl:.2f} against a limit of {ppl_limit:.2f}")
+        recalled = now
+        solved += batch
+    return solved, ""
 
 
 def _solve(memory, records, cfg) -> None:
