@@ -117,7 +117,7 @@ def _refresh_and_validate(memory, records, degraded, before: Audit, report: Slee
 
     clock = time.perf_counter()
     refreshed: set[int] = set()
-    recalled = sum(recall.values()) if report.consolidated else sum(before.raw.values())
+    recalled = recall if report.consolidated else before.raw
     ppl_limit = report.ppl_before * (1 + memory.config.ppl_tolerance)
     stopped = ""
     for round_ in range(memory.config.refresh_rounds):
@@ -128,8 +128,8 @@ def _refresh_and_validate(memory, records, degraded, before: Audit, report: Slee
         refreshed |= {r.id for r in solved}
         if round_ + 1 < memory.config.refresh_rounds and not stopped:
             # a refresh may tip a barely healthy fact over; the next round repairs it under the same protection
-            raw = raw_recall(model, tok, facts)
-            degraded, recalled = [r for r, ok in zip(records, raw) if not ok], sum(raw)
+            recalled = dict(zip([r.id for r in records], raw_recall(model, tok, facts)))
+            degraded = [r for r in records if not recalled[r.id]]
     report.refreshed = sorted(refreshed)
     report.timings["refresh"] = time.perf_counter() - clock
     if not refreshed and not report.consolidated:       # the weights are the snapshot's: nothing to validate
@@ -181,7 +181,7 @@ def _replay(memory, records) -> None:
         _solve(memory, batch, memory.config.edit)
 
 
-def _refresh(memory, records, degraded, recalled: int, ppl_limit: float,
+def _refresh(memory, records, degraded, recalled: dict[int, bool], ppl_limit: float,
              progress: Callable[[Progress], None]) -> tuple[list, str]:
     """Revert each degraded fact, with the facts that share its subject (and so its key), and solve new columns
     for all of them with every other fact's keys protected; off the chat path, so each new target is pushed
@@ -189,9 +189,10 @@ def _refresh(memory, records, degraded, recalled: int, ppl_limit: float,
     are (editing/memit.py). Returns the facts re-solved, and why the refresh stopped short ("" if it did not).
 
     Past a few hundred facts a batch tips over about as many healthy facts as it repairs (README, "where it
-    bends"), and each batch of 100 costs minutes on a CPU; so when there are several, each is measured (raw recall
-    of all `records`, against `recalled` before it, and perplexity against `ppl_limit`) and the first that gains no
-    recall or breaks the budget is undone, with the facts after it keeping their columns, and ends the refresh."""
+    bends"), and each batch of 100 costs minutes on a CPU; so when there are several, the weights each batch
+    would leave (the facts still to come on their old columns) are measured, raw recall of all `records` against
+    `recalled` and perplexity against `ppl_limit`, and the first batch that repairs no more facts than it tips
+    over, or breaks the budget, is undone and ends the refresh."""
     model, tok, ledger, config = memory.adapter.model, memory.tokenizer, memory.ledger, memory.config
     degraded = about(records, {r.fact.subject_key for r in degraded})
     start = ledger.snapshot()
@@ -210,16 +211,21 @@ def _refresh(memory, records, degraded, recalled: int, ppl_limit: float,
         progress(Progress("refresh", 0.4, f"refreshing batch {i + 1} of {len(batches)} ({len(batch)} facts)"))
         kept = ledger.snapshot()
         _solve(memory, batch, cfg)
-        now = sum(raw_recall(model, tok, [r.fact for r in records]))
+        solving = ledger.snapshot()
+        ledger.restore({**solving, **{r.id: start[r.id] for b in batches[i + 1:] for r in b}})
+        now = dict(zip([r.id for r in records], raw_recall(model, tok, [r.fact for r in records])))
         ppl = perplexity(model, tok, memory.heldout_text(), config.ppl_tokens)
-        if now <= recalled or ppl > ppl_limit:
+        repaired = sum(now[k] and not recalled[k] for k in now)
+        tipped = sum(recalled[k] and not now[k] for k in now)
+        if repaired <= tipped or ppl > ppl_limit:
             ledger.restore({**kept, **{r.id: start[r.id] for b in batches[i:] for r in b}})
-            log.info("refresh stopped at batch %d of %d: raw recall %d -> %d, perplexity %.2f (limit %.2f)",
-                     i + 1, len(batches), recalled, now, ppl, ppl_limit)
-            return solved, (f"stopped at batch {i + 1} of {len(batches)}: raw recall {recalled} -> {now} of "
-                            f"{len(records)}, perplexity {ppl:.2f} against a limit of {ppl_limit:.2f}")
+            why = (f"stopped at batch {i + 1} of {len(batches)}: it repaired {repaired} facts and tipped over "
+                   f"{tipped}, perplexity {ppl:.2f} against a limit of {ppl_limit:.2f}")
+            log.info("refresh %s", why)
+            return solved, why
         recalled = now
         solved += batch
+        ledger.restore(solving)     # the batches still to come are solved with their facts' old columns removed
     return solved, ""
 
 
