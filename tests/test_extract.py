@@ -14,7 +14,7 @@ from sleep_core.extract.llm import candidate, parse_items
 from sleep_core.paths import data_dir
 
 SETS = ("seed_conversation_facts.json", "conversation_more.json", "conversation_life.json", "conversation_about.json",
-        "conversation_habits.json")
+        "conversation_habits.json", "conversation_traits.json")
 
 ACCEPTED = [
     ("My name is Vladimir Zwizzer.", [("my name", "is", "Vladimir Zwizzer")]),

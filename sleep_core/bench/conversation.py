@@ -17,14 +17,15 @@ from .common import bench_config, edit_settings, emit, load_model, model_name, o
 log = logging.getLogger(__name__)
 
 
-# the reference's set, and four written for this project (more relatives and pronouns across messages; a life
-# history; who I am and how I live; beliefs, relationships and habits)
+# the reference's set, and five written for this project (more relatives and pronouns across messages; a life
+# history; who I am and how I live; beliefs, relationships and habits; family place, temperament and daily life)
 SETS = {
     "seed": "seed_conversation_facts.json",
     "more": "conversation_more.json",
     "life": "conversation_life.json",
     "about": "conversation_about.json",
     "habits": "conversation_habits.json",
+    "traits": "conversation_traits.json",
 }
 
 
