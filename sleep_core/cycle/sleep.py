@@ -99,7 +99,6 @@ def _refresh_and_validate(memory, records, degraded, before: Audit, report: Slee
                           progress: Callable[[Progress], None], snapshot: dict) -> Audit:
     """Consolidate, refresh the facts still degraded in place, re-measure, then commit or roll back to `snapshot`."""
     model, tok, ledger = memory.adapter.model, memory.tokenizer, memory.ledger
-    facts = [r.fact for r in records]
     clock = time.perf_counter()
     if (memory.config.replay or memory.config.consolidate) and len(records) > 1:
         progress(Progress("consolidate", 0.2, f"re-solving {len(records)} facts jointly"))
@@ -107,7 +106,7 @@ def _refresh_and_validate(memory, records, degraded, before: Audit, report: Slee
             _replay(memory, records)
         else:
             ledger.restore(consolidate(snapshot, memory.priors(), memory.config.edit))
-        recall = dict(zip([r.id for r in records], raw_recall(model, tok, facts)))
+        recall = _raw_recall(memory, records)
         if sum(recall.values()) >= sum(before.raw.values()):
             report.consolidated = True
             degraded = [r for r in records if not recall[r.id]]      # those it tipped over too
@@ -128,7 +127,7 @@ def _refresh_and_validate(memory, records, degraded, before: Audit, report: Slee
         refreshed |= {r.id for r in solved}
         if round_ + 1 < memory.config.refresh_rounds and not stopped:
             # a refresh may tip a barely healthy fact over; the next round repairs it under the same protection
-            recalled = dict(zip([r.id for r in records], raw_recall(model, tok, facts)))
+            recalled = _raw_recall(memory, records)
             degraded = [r for r in records if not recalled[r.id]]
     report.refreshed = sorted(refreshed)
     report.timings["refresh"] = time.perf_counter() - clock
@@ -213,7 +212,7 @@ def _refresh(memory, records, degraded, recalled: dict[int, bool], ppl_limit: fl
         _solve(memory, batch, cfg)
         solving = ledger.snapshot()
         ledger.restore({**solving, **{r.id: start[r.id] for b in batches[i + 1:] for r in b}})
-        now = dict(zip([r.id for r in records], raw_recall(model, tok, [r.fact for r in records])))
+        now = _raw_recall(memory, records)
         ppl = perplexity(model, tok, memory.heldout_text(), config.ppl_tokens)
         repaired = sum(now[k] and not recalled[k] for k in now)
         tipped = sum(recalled[k] and not now[k] for k in now)
@@ -227,6 +226,12 @@ def _refresh(memory, records, degraded, recalled: dict[int, bool], ppl_limit: fl
         solved += batch
         ledger.restore(solving)     # the batches still to come are solved with their facts' old columns removed
     return solved, ""
+
+
+def _raw_recall(memory, records) -> dict[int, bool]:
+    """Whether each record's raw completion recalls its object, by id."""
+    facts = [r.fact for r in records]
+    return dict(zip([r.id for r in records], raw_recall(memory.adapter.model, memory.tokenizer, facts)))
 
 
 def _solve(memory, records, cfg) -> None:
