@@ -227,8 +227,11 @@ def test_a_replay_learns_every_fact_again_from_the_pristine_weights(tiny_llama, 
     monkeypatch.setattr(sleep, "compute_edits", lambda adapter, tok, facts, cfg, priors, stored: solves.append(
         ([f.object for f in facts], stored[layer].shape[1])) or compute(adapter, tok, facts, cfg, priors, stored))
     monkeypatch.setattr(sleep, "MAX_BATCH", 2)
-    sleep._replay(memory, memory.active_records())
+    steps = []
+    sleep._replay(memory, memory.active_records(), steps.append)
     assert solves == [(["Biscuit", "Portland"], 0), (["cartographer"], 4)], "chunks of two, the first's keys protected"
+    assert [step.message for step in steps] == ["learning batch 1 of 2 again (2 facts)",
+                                                "learning batch 2 of 2 again (1 facts)"]
     replayed = memory.ledger.snapshot()
     memory.forget_everything()          # the first chunk is what the two facts learned together from pristine give
     again = memory.inject_now([DOG, FACTS[1]], together=True)
@@ -244,7 +247,7 @@ def test_a_sleep_with_replay_replays_before_it_refreshes(tiny_llama, tokenizer, 
     ids = memory.inject_now(FACTS)
     _damage(memory, ids[0])
     replays = []
-    monkeypatch.setattr(sleep, "_replay", lambda memory, records: replays.append([r.id for r in records]))
+    monkeypatch.setattr(sleep, "_replay", lambda memory, records, progress: replays.append([r.id for r in records]))
     report = memory.sleep()
     assert replays == [ids] and "consolidate" in report.timings
     memory.close()

@@ -103,7 +103,7 @@ def _refresh_and_validate(memory, records, degraded, before: Audit, report: Slee
     if (memory.config.replay or memory.config.consolidate) and len(records) > 1:
         progress(Progress("consolidate", 0.2, f"re-solving {len(records)} facts jointly"))
         if memory.config.replay:
-            _replay(memory, records)
+            _replay(memory, records, progress)
         else:
             ledger.restore(consolidate(snapshot, memory.priors(), memory.config.edit))
         recall = _raw_recall(memory, records)
@@ -170,13 +170,15 @@ def regression(report: SleepReport, ppl_tolerance: float) -> str:
     return "chat recall fell" if report.chat_recall_after + gained < report.chat_recall_before else ""
 
 
-def _replay(memory, records) -> None:
+def _replay(memory, records, progress: Callable[[Progress], None]) -> None:
     """Every stored fact learned again from the pristine weights, targets optimised anew, MAX_BATCH facts a MEMIT
     batch (Meng et al. 2023, Alg. 1) with the earlier batches' keys protected; a subject's facts stay in one batch
     (they share a target). Unlike a stream of wake edits, no target is found against the edits of unrelated facts."""
     memory.ledger.clear()
     memory.ledger.rebuild()
-    for batch in subject_batches(records, MAX_BATCH):
+    batches = subject_batches(records, MAX_BATCH)
+    for i, batch in enumerate(batches):
+        progress(Progress("consolidate", 0.2, f"learning batch {i + 1} of {len(batches)} again ({len(batch)} facts)"))
         _solve(memory, batch, memory.config.edit)
 
 
