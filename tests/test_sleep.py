@@ -209,7 +209,8 @@ def test_a_refresh_in_batches_keeps_each_that_gains_recall_and_stops_at_the_firs
     keys = solves[1][1]
     assert recalled == [False] * 3 and solves == [("Biscuit", 0), ("Portland", keys), ("cartographer", 2 * keys)]
     assert keys > 0, "each batch is solved with the ones before it protected"
-    assert [r.id for r in solved] == ids[:2] and stopped.startswith("stopped at batch 3 of 3: it repaired 0 facts and tipped over 0")
+    assert [r.id for r in solved] == ids[:2]
+    assert stopped.startswith("stopped at batch 3 of 3: it repaired 0 facts and tipped over 0")
     assert raw_recall(real_model, tokenizer, three) == [True, True, False]
     assert all(torch.equal(memory.ledger.columns[ids[2]].a[l], damaged[ids[2]].a[l]) for l in memory.adapter.layers)
     assert memory.ledger.columns[ids[0]] is not damaged[ids[0]]

@@ -208,9 +208,9 @@ def _refresh(memory, records, degraded, recalled: dict[int, bool], ppl_limit: fl
         _solve(memory, degraded, cfg)
         return degraded, ""
     solved: list = []
+    left = start                    # the weights the refresh leaves if it stops here
     for i, batch in enumerate(batches):
         progress(Progress("refresh", 0.4, f"refreshing batch {i + 1} of {len(batches)} ({len(batch)} facts)"))
-        kept = ledger.snapshot()
         _solve(memory, batch, cfg)
         solving = ledger.snapshot()
         ledger.restore({**solving, **{r.id: start[r.id] for b in batches[i + 1:] for r in b}})
@@ -219,12 +219,12 @@ def _refresh(memory, records, degraded, recalled: dict[int, bool], ppl_limit: fl
         repaired = sum(now[k] and not recalled[k] for k in now)
         tipped = sum(recalled[k] and not now[k] for k in now)
         if repaired <= tipped or ppl > ppl_limit:
-            ledger.restore({**kept, **{r.id: start[r.id] for b in batches[i:] for r in b}})
+            ledger.restore(left)
             why = (f"stopped at batch {i + 1} of {len(batches)}: it repaired {repaired} facts and tipped over "
                    f"{tipped}, perplexity {ppl:.2f} against a limit of {ppl_limit:.2f}")
             log.info("refresh %s", why)
             return solved, why
-        recalled = now
+        left, recalled = ledger.snapshot(), now
         solved += batch
         ledger.restore(solving)     # the batches still to come are solved with their facts' old columns removed
     return solved, ""

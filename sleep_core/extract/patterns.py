@@ -145,6 +145,7 @@ _SCHOOL_QUESTIONS = ("Which school did I go to?", "Where did I go to school?", "
 # the past tense is keyed on a tense-free wording, as "my field of study" (questions ask "What did I study?")
 _PREVIOUS_JOB_QUESTIONS = ("What was my previous job?", "What job did I have before?")
 _STUDY_QUESTIONS = ("What did I study?", "What subject did I study?")
+_BED_QUESTIONS = ("What time do I go to bed?", "When do I go to bed?")
 _DEGREE = r"(?:PhD|Ph\.D\.?|doctorate|master'?s|masters|bachelor'?s|MBA|BA|BSc|BS|MA|MSc|MS|degree|diploma)"
 _KIN_COUNTED = r"kids|children|sons|daughters|brothers|sisters|siblings|grandchildren|cats|dogs|pets"
 _INSTRUMENTS = (
@@ -250,10 +251,8 @@ USER_RULES = (
           "Which is my dominant hand?"),
     _rule(rf"^I go (?P<o>{_HOBBIES})\b", "my exercise", "is",
           "What exercise do I do?", "What is my exercise?"),
-    _rule(r"^I (?:go to bed|go to sleep|fall asleep) (?:at|around|by) (?P<o>.+)", "I go to bed", "at",
-          "What time do I go to bed?", "When do I go to bed?"),
-    _rule(rf"^I (?:usually )?sleep (?:at|around|by) (?P<o>{_CLOCK})$", "I go to bed", "at",
-          "What time do I go to bed?", "When do I go to bed?"),
+    _rule(r"^I (?:go to bed|go to sleep|fall asleep) (?:at|around|by) (?P<o>.+)", "I go to bed", "at", *_BED_QUESTIONS),
+    _rule(rf"^I (?:usually )?sleep (?:at|around|by) (?P<o>{_CLOCK})$", "I go to bed", "at", *_BED_QUESTIONS),
     _rule(r"^I am (?P<o>an only child|the (?:oldest|eldest|youngest|middle)(?: child| one)?(?: of \w+)?)"
           r"(?: (?:kids|children|siblings))?$", "my birth order", "is", "What is my birth order?",
           "What's my birth order?"),
@@ -287,7 +286,8 @@ USER_RULES = (
           "What music do I listen to?"),
     _rule(r"^I am (?:a )?(?:big |huge )?fan of (?P<o>.+)", "I am a fan", "of", "What am I a fan of?"),
     _rule(r"^I am into (?P<o>.+)", "I am into", "", "What am I into?"),
-    _rule(rf"^I speak (?!{_NUMBER} languages$)(?P<o>.+)", "I speak", "", "What language do I speak?", "Which languages do I speak?"),
+    _rule(rf"^I speak (?!{_NUMBER} languages$)(?P<o>.+)", "I speak", "", "What language do I speak?",
+          "Which languages do I speak?"),
     # "What did I study?" holds "study", not "studied": the past is keyed on a tense-free wording
     _rule(
         r"^I (?:studied|majored in|have studied) (?!at\b|in\b)(?P<o>.+)", "my field of study", "is", *_STUDY_QUESTIONS
