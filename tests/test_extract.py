@@ -99,6 +99,9 @@ ACCEPTED = [
     ("I have a peanut allergy.", [("I am allergic", "to", "peanut")]),
     ("My office is in Berlin.", [("my office", "is in", "Berlin")]),
     ("I speak three languages.", [("the number of languages I speak", "is", "three")]),  # not a language
+    ("I just turned 40 last month.", [("my age", "is", "40")]),
+    ("I'm really afraid of spiders.", [("I am afraid", "of", "spiders")]),
+    ("I'm training for a marathon.", [("I am training", "for", "a marathon")]),
     ("My mother tongue is Polish.", [("my mother tongue", "is", "Polish")]),  # a language, not the mother
     ("My car is a red Mazda.", [("my car", "is a", "red Mazda")]),
     ("My car is an Audi.", [("my car", "is a", "Audi")]),  # the same slot as "a Mazda": it supersedes it
