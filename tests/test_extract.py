@@ -102,6 +102,10 @@ ACCEPTED = [
     ("I just turned 40 last month.", [("my age", "is", "40")]),
     ("I'm really afraid of spiders.", [("I am afraid", "of", "spiders")]),
     ("I'm training for a marathon.", [("I am training", "for", "a marathon")]),
+    ("My parents live in Madrid.", [("my parents", "live in", "Madrid")]),
+    ("My kids are called Mia and Leo.", [("my kids", "' names are", "Mia and Leo")]),
+    ("My grandparents are from Poland and they love gardening.",
+     [("my grandparents", "are from", "Poland"), ("my grandparents", "love", "gardening")]),
     ("My mother tongue is Polish.", [("my mother tongue", "is", "Polish")]),  # a language, not the mother
     ("My car is a red Mazda.", [("my car", "is a", "red Mazda")]),
     ("My car is an Audi.", [("my car", "is a", "Audi")]),  # the same slot as "a Mazda": it supersedes it
@@ -163,6 +167,8 @@ SILENT = [
     "I was married.",
     "I sleep at my parents' house.",
     "I have a lot of allergy symptoms.",
+    "My kids are called the twins.",
+    "My parents are retired.",
 ]
 
 
@@ -226,6 +232,9 @@ def test_a_pronoun_opening_a_message_refers_to_a_relative_of_the_messages_before
     assert mentioned == ["my sister", "my brother"]
     assert triples(extract("He is a pilot.", mentioned=mentioned)[0]) == [("my brother", "works as", "a pilot")]
     assert relatives(["my sister"], mentioned) == ["my brother", "my sister"]     # the latest mention last
+    mentioned = relatives(["my parents"], mentioned)
+    assert triples(extract("They live in Rome.", mentioned=mentioned)[0]) == [("my parents", "live in", "Rome")]
+    assert triples(extract("She lives in Oslo.", mentioned=mentioned)[0]) == [("my sister", "lives in", "Oslo")]
 
 
 def test_every_question_contains_the_subjects_last_word():

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .candidate import NAME_RELATION, Candidate, Rejection, rejection
-from .subjects import RELATIVE, Context, continues, is_name, is_nationality, is_pet, is_religion, who
+from .subjects import RELATIVE, Context, continues, is_name, is_nationality, is_pet, is_plural, is_religion, who
 from .text import DURATION, clauses, trim_object
 
 _UNITS = "one|two|three|four|five|six|seven|eight|nine"
@@ -93,7 +93,7 @@ class Rule:
     subject: str
     relation: str
     questions: tuple[str, ...]
-    who: str = "any"  # about others: "any", "family" ("my …"), "pet", "person"
+    who: str = "any"  # about others: "any", "family" ("my …"), "pet", "person", "plural" ("my parents")
     accepts: Callable[[str], bool] | None = None
     job: bool = False  # the group `job` must name an occupation ("I am an engineer at <o>")
     object: str = ""  # a fixed object, for a pattern without `o` ("I live on my own": with "alone")
@@ -116,6 +116,8 @@ class Rule:
             return True
         if not subject.startswith("my "):
             return False
+        if self.who == "plural":
+            return is_plural(subject)
         return self.who == "family" or (self.who == "pet") == is_pet(subject)
 
 
@@ -343,8 +345,27 @@ USER_RULES = (
     ),
 )
 
+
+
+def _are_names(text: str) -> bool:
+    """ "Mia and Leo", "Mia, Leo and Sam": names joined by commas and "and"."""
+    names = re.split(r",\s*(?:and\s+)?|\s+and\s+", text)
+    return len(names) > 1 and all(is_name(n) for n in names)
+
+
+# Facts about several relatives at once ("my parents", "my kids"), said with plural verbs.
+_PLURAL_RULES = (
+    _rule(r"^(?:' names are|are (?:called|named)) (?P<o>.+)", "{s}", "' names are", "What are {s}' names?",
+          who="plural", accepts=_are_names),
+    _rule(r"^(?:live|are living) in (?P<o>.+)", "{s}", "live in", "Where do {s} live?", who="plural"),
+    _rule(r"^(?:are|come) from (?P<o>.+)", "{s}", "are from", "Where are {s} from?", who="plural"),
+    _rule(r"^work (?:at|for) (?P<o>.+)", "{s}", "work at", "Where do {s} work?", who="plural"),
+    _rule(r"^(?P<verb>love|like|enjoy) (?P<o>.+)", "{s}", "{verb}", "What do {s} {verb}?", "What do {s} like to do?",
+          who="plural"),
+)
+
 # Facts about someone else; `s` is "my sister", "my dog" or a bare name like "Andre".
-OTHER_RULES = (
+OTHER_RULES = _PLURAL_RULES + (
     _rule(r"^'s name is (?P<o>.+)", "{s}", NAME_RELATION, *_NAME_QUESTIONS, accepts=is_name),
     _rule(r"^is (?:called|named) (?P<o>.+)", "{s}", NAME_RELATION, *_NAME_QUESTIONS, accepts=is_name),
     _rule(r"^is (?P<o>[^\d].*)", "{s}", NAME_RELATION, *_NAME_QUESTIONS, who="family", accepts=is_name),

@@ -12,15 +12,16 @@ FEMALE = frozenset(
 )
 MALE = frozenset("brother son husband father dad boyfriend grandfather grandpa uncle nephew fiance fiancé".split())
 PETS = frozenset("dog cat puppy kitten horse parrot rabbit hamster bird turtle pet".split())
+PLURAL = frozenset("parents grandparents kids children".split())
 _OTHERS = "partner spouse best friend friend cousin boss roommate kid child baby twin".split()
-_RELATIVES = sorted(FEMALE | MALE | PETS | set(_OTHERS), key=len, reverse=True)
+_RELATIVES = sorted(FEMALE | MALE | PETS | PLURAL | set(_OTHERS), key=len, reverse=True)
 _MODIFIERS = "older|younger|little|big|baby|elder|eldest|oldest|youngest|twin|step|half|best"
 RELATIVE = rf"(?:(?:{_MODIFIERS})\s+)?(?:{'|'.join(_RELATIVES)})"
 _MY_RELATIVE = re.compile(rf"^my\s+(?P<who>{RELATIVE})\b(?P<rest>.*)$", re.IGNORECASE)
 _APPOSITION = re.compile(
     rf"^\s*,?\s*(?P<name>[^\W\d_][\w'-]*(?:\s+[^\W\d_][\w'-]*){{0,2}})\s*,?\s+(?P<rest>(?:{VERBS})\b.*)$"
 )
-_PRONOUN = re.compile(r"^(?P<pronoun>he|she|it)\b(?P<rest>.*)$", re.IGNORECASE)
+_PRONOUN = re.compile(r"^(?P<pronoun>he|she|it|they)\b(?P<rest>.*)$", re.IGNORECASE)
 _BARE_NAME = re.compile(rf"^(?P<name>[^\W\d_][\w'-]*(?:\s+[^\W\d_][\w'-]*)?)(?P<rest>(?:'s|\s+(?:{VERBS}))\b.*)$")
 _CONTINUES = re.compile(rf"^(?:{VERBS})\b", re.IGNORECASE)
 NATIONALITIES = frozenset(
@@ -71,10 +72,10 @@ class Context:
         self.names.setdefault(name.split()[0], subject)
 
     def resolve(self, pronoun: str) -> str | None:
-        """The most recent relative the pronoun can refer to: he/she a person (or pet), it a pet."""
+        """The most recent relative the pronoun can refer to: he/she a person (or pet), it a pet, they several."""
         for subject in reversed(self.mentioned):
             head = subject.split()[-1]
-            if pronoun == "it" and head not in PETS:
+            if (pronoun == "they") != (head in PLURAL) or (pronoun == "it" and head not in PETS):
                 continue
             if (pronoun == "he" and head in FEMALE) or (pronoun == "she" and head in MALE):
                 continue
@@ -97,6 +98,10 @@ def continues(clause: str) -> bool:
 
 def is_pet(subject: str) -> bool:
     return subject.startswith("my ") and subject.split()[-1] in PETS
+
+
+def is_plural(subject: str) -> bool:
+    return subject.startswith("my ") and subject.split()[-1] in PLURAL
 
 
 def who(clause: str, context: Context, previous: str | None) -> tuple[str, str, str | None] | None:

@@ -28,12 +28,13 @@ VERBS = (
     "attended|listens?|supports?|owns?|used"
 )
 _CLAUSE = re.compile(
-    rf"\s*[,;]?\s+(?:and|but|while|whereas)\s+(?=(?:I|[Hh]e|[Ss]he|[Mm]y|[A-Z][\w'-]*\s+(?:{VERBS})|(?:{VERBS}))\b)"
+    rf"\s*[,;]?\s+(?:and|but|while|whereas)\s+(?=(?:I|[Hh]e|[Ss]he|[Tt]hey|[Mm]y|[A-Z][\w'-]*\s+(?:{VERBS})|(?:{VERBS}))\b)"
 )
 _CONTRACTIONS = (
     (re.compile(r"\bI'm\b", re.IGNORECASE), "I am"),
     (re.compile(r"\bI've\b", re.IGNORECASE), "I have"),
     (re.compile(r"\b(he|she|it)'s\b", re.IGNORECASE), r"\1 is"),
+    (re.compile(r"\bthey're\b", re.IGNORECASE), "they are"),
     (re.compile(r"\bmy name's\b", re.IGNORECASE), "my name is"),
 )
 _ADVERBS = re.compile(
