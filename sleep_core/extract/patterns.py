@@ -346,7 +346,6 @@ USER_RULES = (
 )
 
 
-
 def _are_names(text: str) -> bool:
     """ "Mia and Leo", "Mia, Leo and Sam": names joined by commas and "and"."""
     names = re.split(r",\s*(?:and\s+)?|\s+and\s+", text)

@@ -96,12 +96,17 @@ def continues(clause: str) -> bool:
     return bool(_CONTINUES.match(clause))
 
 
+def _is_my(subject: str, kinds: frozenset[str]) -> bool:
+    """ "my dog" is one of PETS, "my parents" of PLURAL."""
+    return subject.startswith("my ") and subject.split()[-1] in kinds
+
+
 def is_pet(subject: str) -> bool:
-    return subject.startswith("my ") and subject.split()[-1] in PETS
+    return _is_my(subject, PETS)
 
 
 def is_plural(subject: str) -> bool:
-    return subject.startswith("my ") and subject.split()[-1] in PLURAL
+    return _is_my(subject, PLURAL)
 
 
 def who(clause: str, context: Context, previous: str | None) -> tuple[str, str, str | None] | None:

@@ -28,7 +28,8 @@ VERBS = (
     "attended|listens?|supports?|owns?|used"
 )
 _CLAUSE = re.compile(
-    rf"\s*[,;]?\s+(?:and|but|while|whereas)\s+(?=(?:I|[Hh]e|[Ss]he|[Tt]hey|[Mm]y|[A-Z][\w'-]*\s+(?:{VERBS})|(?:{VERBS}))\b)"
+    rf"\s*[,;]?\s+(?:and|but|while|whereas)\s+"
+    rf"(?=(?:I|[Hh]e|[Ss]he|[Tt]hey|[Mm]y|[A-Z][\w'-]*\s+(?:{VERBS})|(?:{VERBS}))\b)"
 )
 _CONTRACTIONS = (
     (re.compile(r"\bI'm\b", re.IGNORECASE), "I am"),
