@@ -109,7 +109,19 @@ ACCEPTED = [
     ("My mother tongue is Polish.", [("my mother tongue", "is", "Polish")]),  # a language, not the mother
     ("My car is a red Mazda.", [("my car", "is a", "red Mazda")]),
     ("My car is an Audi.", [("my car", "is a", "Audi")]),  # the same slot as "a Mazda": it supersedes it
-    ("My car is red.", [("my car", "is", "red")]),
+    ("My car is red.", [("the color of my car", "is", "red")]),  # a colour, not the car: its own slot
+    ("My eyes are hazel.", [("the color of my eyes", "is", "hazel")]),
+    ("I have blue eyes.", [("the color of my eyes", "is", "blue")]),  # the same slot as "My eyes are hazel."
+    ("My front door is dark green.", [("the color of my front door", "is", "dark green")]),
+    ("I wear glasses.", [("I wear", "", "glasses")]),
+    ("I take insulin every day.", [("I take", "", "insulin")]),
+    ("I'm on blood pressure medication.", [("I take", "", "blood pressure medication")]),
+    ("I run a small bakery.", [("I run", "", "a small bakery")]),
+    ("I volunteer at the animal shelter.", [("I volunteer", "at", "the animal shelter")]),
+    ("I'm a member of the chess club.", [("I am a member", "of", "the chess club")]),
+    ("My kids are 5 and 7.", [("my kids", "are aged", "5 and 7")]),
+    ("My grandparents are 80 and 83 years old.", [("my grandparents", "are aged", "80 and 83")]),
+    ("My wedding anniversary is June 5.", [("my wedding anniversary", "is", "June 5")]),
     ("I listen to jazz.", [("I listen", "to", "jazz")]),
     ("I play the cello.", [("I play", "", "the cello")]),
     ("I support Arsenal.", [("I support", "", "Arsenal")]),
@@ -169,6 +181,12 @@ SILENT = [
     "I have a lot of allergy symptoms.",
     "My kids are called the twins.",
     "My parents are retired.",
+    "I run every morning.",
+    "I take yoga classes.",
+    "I take my pills every morning.",
+    "I take medication for my blood pressure.",
+    "My kids are 5 and bored.",
+    "I have long hair.",
 ]
 
 

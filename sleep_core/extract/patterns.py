@@ -21,10 +21,15 @@ _NUMBER = (
 _ATTRIBUTE = (
     r"(?:favou?rite(?:\s+[\w-]+){1,3}?|full name|first name|last name|middle name|surname|nickname|hometown|hobby|"
     r"major|native language|first language|mother tongue|blood type|zodiac sign|star sign|phone number|username|"
-    r"height|shoe size|religion|nationality)"
+    r"height|shoe size|religion|nationality|wedding anniversary|anniversary)"
 )
 _BELONGINGS = r"car|phone|laptop|computer|bike|motorcycle"
 _BELONGING_QUESTIONS = ("What {attr} do I have?", "What is my {attr}?")
+_COLOURS = (
+    r"(?:(?:dark|light|bright|pale|navy|sky|royal|forest|lime|hot|baby) )?(?:red|blue|green|black|white|silver|grey|"
+    r"gray|yellow|orange|purple|pink|brown|beige|gold|golden|navy|teal|turquoise|maroon|cream|hazel|blond|blonde)"
+)
+_COLOURED = rf"{_BELONGINGS}|house|door|front door|room|bedroom|kitchen|hair|eyes|scooter|boat|van|truck"
 _CAR_MAKES = (
     r"Tesla|Toyota|Honda|Ford|BMW|Audi|Mercedes|Volkswagen|VW|Subaru|Mazda|Nissan|Hyundai|Kia|Chevy|Chevrolet|Jeep|"
     r"Volvo|Porsche|Fiat|Renault|Peugeot|Skoda|Lexus|Prius"
@@ -164,6 +169,10 @@ _CONDITIONS = (
     r"high blood pressure|eczema|psoriasis|anemia|lupus"
 )
 _CONDITIONS_BEING = r"lactose intolerant|gluten intolerant|diabetic|asthmatic|epileptic|ana?emic|colou?r[- ]?blind"
+_MEDICINES = (
+    r"insulin|metformin|antidepressants|blood thinners|statins|levothyroxine|lithium|warfarin|birth control|the pill|"
+    r"(?:(?!my\b|the\b|some\b|a\b)[\w-]+ ){1,2}(?:medication|medicine|pills|tablets)|an inhaler"
+)
 _CONDITION_QUESTIONS = ("What medical condition do I have?", "What is my medical condition?")
 _HOBBIES = (
     r"running|jogging|swimming|cycling|biking|hiking|climbing|bouldering|skiing|snowboarding|surfing|skating|rowing"
@@ -184,7 +193,14 @@ USER_RULES = (
     # the article goes in the relation: a target that opens with "a" is met by the article alone and the make is
     # not said (one car fact: chat answers 0 of 2 as "a Subaru Outback", 2 of 2 as "is a" + "Subaru Outback")
     _rule(rf"^my (?P<attr>{_BELONGINGS}) is an? (?P<o>.+)", "my {attr}", "is a", *_BELONGING_QUESTIONS),
-    _rule(rf"^my (?P<attr>{_BELONGINGS}) is (?!an? )(?P<o>.+)", "my {attr}", "is", *_BELONGING_QUESTIONS),
+    _rule(rf"^my (?P<attr>{_BELONGINGS}) is (?!an? |{_COLOURS}$)(?P<o>.+)", "my {attr}", "is", *_BELONGING_QUESTIONS),
+    # "What color is my car?" ends on the thing, where the key sits; the make and the colour are two facts
+    _rule(rf"^my (?P<attr>{_COLOURED}) (?P<be>is|are) (?P<o>{_COLOURS})$", "the color of my {attr}", "is",
+          "What color {be} my {attr}?", "What colour {be} my {attr}?"),
+    _rule(rf"^I have (?P<o>{_COLOURS}) hair$", "the color of my hair", "is", "What color is my hair?",
+          "What colour is my hair?"),
+    _rule(rf"^I have (?P<o>{_COLOURS}) eyes$", "the color of my eyes", "is", "What color are my eyes?",
+          "What colour are my eyes?"),
     _rule(rf"^I am (?P<o>{_NUMBER})(?: years? old| years of age)?$", "my age", "is", "What is my age?"),
     _rule(rf"^I (?:just )?turned (?P<o>{_NUMBER})(?: years? old)?(?: (?:last|this) \w+| recently| today| yesterday)?$",
           "my age", "is", "What is my age?"),
@@ -238,6 +254,13 @@ USER_RULES = (
     _rule(r"^I am allergic to (?P<o>.+)", "I am allergic", "to", "What am I allergic to?"),
     _rule(r"^I am (?:really |very |so |terribly )?afraid of (?P<o>.+)", "I am afraid", "of", "What am I afraid of?"),
     _rule(r"^I am (?:currently )?training for (?P<o>.+)", "I am training", "for", "What am I training for?"),
+    _rule(rf"^I (?:take|am on|have to take|need) (?P<o>(?:{_MEDICINES})\b.*)", "I take", "",
+          "What medication do I take?", "What medicine do I take?"),
+    # "I run every morning" is exercise, not a business: the object opens with an article or "my"
+    _rule(r"^I (?:run|manage|own and run) (?P<o>(?:an?|my own|my) .+)", "I run", "", "What do I run?",
+          "What business do I run?"),
+    _rule(r"^I volunteer (?:at|for|with) (?P<o>.+)", "I volunteer", "at", "Where do I volunteer?"),
+    _rule(r"^I am (?:a )?member of (?P<o>.+)", "I am a member", "of", "What am I a member of?"),
     _rule(rf"^I am (?:an? )?(?P<o>{_DIETS})$", "my diet", "is", "What diet do I follow?", "What is my diet?"),
     _rule(rf"^I have (?P<o>{_CONDITIONS})$", "my medical condition", "is", *_CONDITION_QUESTIONS),
     _rule(rf"^I am (?P<o>{_CONDITIONS_BEING})$", "my medical condition", "is", *_CONDITION_QUESTIONS),
@@ -316,7 +339,7 @@ USER_RULES = (
     _rule(rf"^I play (?P<o>{_SPORTS})$", "I play", "", "What sport do I play?", "What do I play?"),
     _rule(
         r"^I (?P<verb>love|like|enjoy|adore|hate|prefer|make|play|drive|collect|teach|use|practi[cs]e|cook|"
-        r"read|watch|write|support|own|drink|grow|build|sing|paint|draw) (?P<o>.+)",
+        r"read|watch|write|support|own|drink|grow|build|sing|paint|draw|wear|ride) (?P<o>.+)",
         "I {verb}",
         "",
         "What do I {verb}?",
@@ -356,6 +379,8 @@ def _are_names(text: str) -> bool:
 _PLURAL_RULES = (
     _rule(r"^(?:' names are|are (?:called|named)) (?P<o>.+)", "{s}", "' names are", "What are {s}' names?",
           who="plural", accepts=_are_names),
+    _rule(rf"^are (?P<o>{_NUMBER}(?:(?:,| and|, and) {_NUMBER})*)(?: years? old)?$", "{s}", "are aged",
+          "How old are {s}?", who="plural"),
     _rule(r"^(?:live|are living) in (?P<o>.+)", "{s}", "live in", "Where do {s} live?", who="plural"),
     _rule(r"^(?:are|come) from (?P<o>.+)", "{s}", "are from", "Where are {s} from?", who="plural"),
     _rule(r"^work (?:at|for) (?P<o>.+)", "{s}", "work at", "Where do {s} work?", who="plural"),
