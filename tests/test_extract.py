@@ -109,10 +109,10 @@ ACCEPTED = [
     ("My mother tongue is Polish.", [("my mother tongue", "is", "Polish")]),  # a language, not the mother
     ("My car is a red Mazda.", [("my car", "is a", "red Mazda")]),
     ("My car is an Audi.", [("my car", "is a", "Audi")]),  # the same slot as "a Mazda": it supersedes it
-    ("My car is red.", [("the color of my car", "is", "red")]),  # a colour, not the car: its own slot
-    ("My eyes are hazel.", [("the color of my eyes", "is", "hazel")]),
-    ("I have blue eyes.", [("the color of my eyes", "is", "blue")]),  # the same slot as "My eyes are hazel."
-    ("My front door is dark green.", [("the color of my front door", "is", "dark green")]),
+    ("My car is red.", [("my car", "'s color is", "red")]),  # a colour, not the car: a slot beside its make
+    ("My eyes are hazel.", [("my eyes", "' color is", "hazel")]),
+    ("I have blue eyes.", [("my eyes", "' color is", "blue")]),  # the same slot as "My eyes are hazel."
+    ("My front door is dark green.", [("my front door", "'s color is", "dark green")]),
     ("I wear glasses.", [("I wear", "", "glasses")]),
     ("I take insulin every day.", [("I take", "", "insulin")]),
     ("I'm on blood pressure medication.", [("I take", "", "blood pressure medication")]),

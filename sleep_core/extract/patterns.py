@@ -29,7 +29,8 @@ _COLOURS = (
     r"(?:(?:dark|light|bright|pale|navy|sky|royal|forest|lime|hot|baby) )?(?:red|blue|green|black|white|silver|grey|"
     r"gray|yellow|orange|purple|pink|brown|beige|gold|golden|navy|teal|turquoise|maroon|cream|hazel|blond|blonde)"
 )
-_COLOURED = rf"{_BELONGINGS}|house|door|front door|room|bedroom|kitchen|hair|eyes|scooter|boat|van|truck"
+_COLOURED = rf"{_BELONGINGS}|house|door|front door|room|bedroom|kitchen|hair|scooter|boat|van|truck"
+_EYE_QUESTIONS = ("What color are my eyes?", "What colour are my eyes?")
 _CAR_MAKES = (
     r"Tesla|Toyota|Honda|Ford|BMW|Audi|Mercedes|Volkswagen|VW|Subaru|Mazda|Nissan|Hyundai|Kia|Chevy|Chevrolet|Jeep|"
     r"Volvo|Porsche|Fiat|Renault|Peugeot|Skoda|Lexus|Prius"
@@ -194,13 +195,13 @@ USER_RULES = (
     # not said (one car fact: chat answers 0 of 2 as "a Subaru Outback", 2 of 2 as "is a" + "Subaru Outback")
     _rule(rf"^my (?P<attr>{_BELONGINGS}) is an? (?P<o>.+)", "my {attr}", "is a", *_BELONGING_QUESTIONS),
     _rule(rf"^my (?P<attr>{_BELONGINGS}) is (?!an? |{_COLOURS}$)(?P<o>.+)", "my {attr}", "is", *_BELONGING_QUESTIONS),
-    # "What color is my car?" ends on the thing, where the key sits; the make and the colour are two facts
-    _rule(rf"^my (?P<attr>{_COLOURED}) (?P<be>is|are) (?P<o>{_COLOURS})$", "the color of my {attr}", "is",
-          "What color {be} my {attr}?", "What colour {be} my {attr}?"),
-    _rule(rf"^I have (?P<o>{_COLOURS}) hair$", "the color of my hair", "is", "What color is my hair?",
+    # "What color is my car?" ends on the thing, where the key sits: with its make, one subject and one target
+    _rule(rf"^my (?P<attr>{_COLOURED}) is (?P<o>{_COLOURS})$", "my {attr}", "'s color is", "What color is my {attr}?",
+          "What colour is my {attr}?"),
+    _rule(rf"^I have (?P<o>{_COLOURS}) hair$", "my hair", "'s color is", "What color is my hair?",
           "What colour is my hair?"),
-    _rule(rf"^I have (?P<o>{_COLOURS}) eyes$", "the color of my eyes", "is", "What color are my eyes?",
-          "What colour are my eyes?"),
+    _rule(rf"^my eyes are (?P<o>{_COLOURS})$", "my eyes", "' color is", *_EYE_QUESTIONS),
+    _rule(rf"^I have (?P<o>{_COLOURS}) eyes$", "my eyes", "' color is", *_EYE_QUESTIONS),
     _rule(rf"^I am (?P<o>{_NUMBER})(?: years? old| years of age)?$", "my age", "is", "What is my age?"),
     _rule(rf"^I (?:just )?turned (?P<o>{_NUMBER})(?: years? old)?(?: (?:last|this) \w+| recently| today| yesterday)?$",
           "my age", "is", "What is my age?"),
