@@ -122,6 +122,15 @@ ACCEPTED = [
     ("My kids are 5 and 7.", [("my kids", "are aged", "5 and 7")]),
     ("My grandparents are 80 and 83 years old.", [("my grandparents", "are aged", "80 and 83")]),
     ("My wedding anniversary is June 5.", [("my wedding anniversary", "is", "June 5")]),
+    ("I have two cats named Luna and Milo.",
+     [("the number of my cats", "is", "two"), ("my cats", "' names are", "Luna and Milo")]),
+    ("My sisters live in Boston.", [("my sisters", "live in", "Boston")]),
+    ("I drive to work.", [("I commute", "to work by", "car")]),  # how, not what I drive
+    ("I weigh 70 kg.", [("my weight", "is", "70 kg")]),
+    ("I start work at 9.", [("I start work", "at", "9")]),
+    ("I'm studying for the bar exam.", [("I am studying", "for", "the bar exam")]),
+    ("I'm gluten-free.", [("my diet", "is", "gluten-free")]),
+    ("I code in Python at work.", [("at work I use", "", "Python")]),
     ("I listen to jazz.", [("I listen", "to", "jazz")]),
     ("I play the cello.", [("I play", "", "the cello")]),
     ("I support Arsenal.", [("I support", "", "Arsenal")]),
@@ -187,6 +196,8 @@ SILENT = [
     "I take medication for my blood pressure.",
     "My kids are 5 and bored.",
     "I have long hair.",
+    "I sing in a choir.",
+    "I drive around town.",
 ]
 
 

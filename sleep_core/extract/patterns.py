@@ -155,6 +155,8 @@ _PREVIOUS_JOB_QUESTIONS = ("What was my previous job?", "What job did I have bef
 _STUDY_QUESTIONS = ("What did I study?", "What subject did I study?")
 _BED_QUESTIONS = ("What time do I go to bed?", "When do I go to bed?")
 _DEGREE = r"(?:PhD|Ph\.D\.?|doctorate|master'?s|masters|bachelor'?s|MBA|BA|BSc|BS|MA|MSc|MS|degree|diploma)"
+# "I drive to work", "I sing in a choir", "I study for an exam": what follows is a place or a purpose, not the object
+_PLACE_WORDS = r"(?:to|in|at|on|for|with|from|into|about|around|every|each)"
 _KIN_COUNTED = r"kids|children|sons|daughters|brothers|sisters|siblings|grandchildren|cats|dogs|pets"
 _INSTRUMENTS = (
     r"piano|keyboard|guitar|bass|cello|violin|viola|double bass|harp|flute|clarinet|oboe|bassoon|saxophone|sax|"
@@ -164,7 +166,7 @@ _SPORTS = (
     r"soccer|football|basketball|baseball|tennis|golf|volleyball|hockey|ice hockey|rugby|cricket|badminton|"
     r"table tennis|ping pong|squash|handball|lacrosse|softball|water polo"
 )
-_DIETS = r"vegetarian|vegan|pescatarian|keto|paleo"
+_DIETS = r"vegetarian|vegan|pescatarian|keto|paleo|gluten[- ]free|dairy[- ]free|halal|kosher"
 _CONDITIONS = (
     r"(?:type [12] )?diabetes|asthma|celiac disease|coeliac disease|epilepsy|migraines|ADHD|arthritis|"
     r"high blood pressure|eczema|psoriasis|anemia|lupus"
@@ -179,9 +181,16 @@ _HOBBIES = (
     r"running|jogging|swimming|cycling|biking|hiking|climbing|bouldering|skiing|snowboarding|surfing|skating|rowing"
 )
 _COMMUTE = r"car|bike|bicycle|bus|train|tram|subway|metro|tube|ferry|scooter|motorcycle"
+_COMMUTE_QUESTIONS = ("How do I commute to work?", "How do I commute?")
 _CLOCK = r"(?:\d{1,2}(?:[:.]\d\d)? ?(?:am|pm|a\.m\.|p\.m\.)?|midnight|noon)"
 _LENGTH = rf"(?:\d+[.,]\d+|{_NUMBER}) ?(?:cm|centimet(?:er|re)s?|m|met(?:er|re)s?|feet|foot|ft)"
 _INCHES = rf"(?: (?:and )?(?:\d+|{_UNITS}|ten|eleven)(?: inches| in)?)?"
+
+def _are_names(text: str) -> bool:
+    """ "Mia and Leo", "Mia, Leo and Sam": names joined by commas and "and"."""
+    names = re.split(r",\s*(?:and\s+)?|\s+and\s+", text)
+    return len(names) > 1 and all(is_name(n) for n in names)
+
 
 # Facts the user states about themselves; subjects are fixed wordings.
 USER_RULES = (
@@ -239,9 +248,12 @@ USER_RULES = (
     _rule(r"^I (?:work|am working) from (?P<o>home|the office|an office)\b", "I work", "from",
           "Where do I work from?", "Do I work from home?"),
     _rule(rf"^I (?:commute|get to work|go to work|travel to work)(?: to work)? by (?P<o>{_COMMUTE})\b", "I commute",
-          "to work by", "How do I commute to work?", "How do I commute?"),
+          "to work by", *_COMMUTE_QUESTIONS),
     _rule(rf"^I (?:take|ride) (?:the |a |my )?(?P<o>{_COMMUTE}) to work\b", "I commute", "to work by",
-          "How do I commute to work?", "How do I commute?"),
+          *_COMMUTE_QUESTIONS),
+    _rule(r"^I drive to work\b", "I commute", "to work by", *_COMMUTE_QUESTIONS, object="car"),
+    _rule(r"^I (?:cycle|bike) to work\b", "I commute", "to work by", *_COMMUTE_QUESTIONS, object="bike"),
+    _rule(r"^I walk to work\b", "I commute", "to work by", *_COMMUTE_QUESTIONS, object="foot"),
     _rule(r"^I (?:work|am working) in (?P<o>(?!the (?:morning|evening|afternoon)s?\b).+)", "I work", "in",
           "What field do I work in?"),
     _rule(r"^I (?:work|am working) (?:at|for) (?P<o>.+?)(?: as an? .+)?$", "I work", "at", *_WORK_AT_QUESTIONS),
@@ -255,6 +267,8 @@ USER_RULES = (
     _rule(r"^I am allergic to (?P<o>.+)", "I am allergic", "to", "What am I allergic to?"),
     _rule(r"^I am (?:really |very |so |terribly )?afraid of (?P<o>.+)", "I am afraid", "of", "What am I afraid of?"),
     _rule(r"^I am (?:currently )?training for (?P<o>.+)", "I am training", "for", "What am I training for?"),
+    _rule(r"^I am (?:currently )?(?:studying|preparing) for (?P<o>.+)", "I am studying", "for",
+          "What am I studying for?"),
     _rule(rf"^I (?:take|am on|have to take|need) (?P<o>(?:{_MEDICINES})\b.*)", "I take", "",
           "What medication do I take?", "What medicine do I take?"),
     # "I run every morning" is exercise, not a business: the object opens with an article or "my"
@@ -297,6 +311,12 @@ USER_RULES = (
           "Where is my {attr}?"),
     _rule(rf"^I speak (?P<o>{_NUMBER}) languages$", "the number of languages I speak", "is",
           "How many languages do I speak?"),
+    _rule(r"^I weigh (?:about |around )?(?P<o>\d+(?:[.,]\d+)? ?(?:kg|kilos?|kilograms?|pounds|lbs?|stone))$",
+          "my weight", "is", "What is my weight?", "How much is my weight?"),
+    _rule(rf"^I (?:start|begin) work (?:at|around|by) (?P<o>{_CLOCK})$", "I start work", "at",
+          "What time do I start work?", "When do I start work?"),
+    _rule(r"^I (?:code|program|write code) in (?P<o>.+?) at (?P<place>work|home|school)$", "at {place} I use", "",
+          "What do I use at {place}?", "What tools do I use at {place}?"),
     _rule(rf"^I am (?P<o>{_LENGTH}{_INCHES})(?: tall)?$", "my height", "is", "What is my height?", "What's my height?"),
     # retirement supersedes the job, as a new job would; "I retired my old laptop" is not it
     _rule(r"^I (?:am |have )?(?P<o>retired)(?: (?!(?:the|my|his|her|their|our|its|it|them)\b).*)?$",
@@ -308,8 +328,10 @@ USER_RULES = (
     # keyed on "born", near the question's end, as "Where was I born?" is; "year" opens "What year was I born?"
     _rule(r"^I was born in (?P<o>(?:1[89]|20)\d\d)$", "I was born", "in the year", "What year was I born?",
           "When was I born?"),
-    _rule(rf"^I have (?:got )?(?P<o>{_NUMBER}) (?P<what>{_KIN_COUNTED})$", "the number of my {what}", "is",
-          "How many {what} do I have?"),
+    _rule(rf"^I have (?:got )?(?P<o>{_NUMBER}) (?P<what>{_KIN_COUNTED})(?: (?:named|called) .+)?$",
+          "the number of my {what}", "is", "How many {what} do I have?"),
+    _rule(rf"^I have (?:got )?{_NUMBER} (?P<what>{_KIN_COUNTED}),? (?:named|called) (?P<o>.+)", "my {what}",
+          "' names are", "What are my {what}' names?", accepts=_are_names),
     _rule(r"^I am married to (?P<o>.+)", "my spouse", NAME_RELATION, "What is my spouse's name?", "Who is my spouse?",
           accepts=is_name),
     _rule(r"^I (?:listen|am listening) to (?P<o>.+)", "I listen", "to", "What do I listen to?",
@@ -324,7 +346,7 @@ USER_RULES = (
     ),
     _rule(rf"^I (?:have|hold|got|earned) (?:an? )?{_DEGREE}(?: degree)? in (?P<o>.+)", "my field of study", "is",
           *_STUDY_QUESTIONS),
-    _rule(r"^I (?:study|am studying) (?!at\b|in\b)(?P<o>.+)", "I study", "", "What do I study?"),
+    _rule(rf"^I (?:study|am studying) (?!{_PLACE_WORDS}\b)(?P<o>.+)", "I study", "", "What do I study?"),
     _rule(r"^I (?:graduated|have graduated) from (?P<o>.+)", "my school", "is", *_SCHOOL_QUESTIONS),
     _rule(r"^I (?:studied|study|am studying) at (?P<o>.+)", "my school", "is", *_SCHOOL_QUESTIONS),
     _rule(r"^I am an? (?:\w+ )?student at (?P<o>.+)", "my school", "is", *_SCHOOL_QUESTIONS),
@@ -340,7 +362,7 @@ USER_RULES = (
     _rule(rf"^I play (?P<o>{_SPORTS})$", "I play", "", "What sport do I play?", "What do I play?"),
     _rule(
         r"^I (?P<verb>love|like|enjoy|adore|hate|prefer|make|play|drive|collect|teach|use|practi[cs]e|cook|"
-        r"read|watch|write|support|own|drink|grow|build|sing|paint|draw|wear|ride) (?P<o>.+)",
+        rf"read|watch|write|support|own|drink|grow|build|sing|paint|draw|wear|ride) (?!{_PLACE_WORDS}\b)(?P<o>.+)",
         "I {verb}",
         "",
         "What do I {verb}?",
@@ -368,12 +390,6 @@ USER_RULES = (
         accepts=is_name,
     ),
 )
-
-
-def _are_names(text: str) -> bool:
-    """ "Mia and Leo", "Mia, Leo and Sam": names joined by commas and "and"."""
-    names = re.split(r",\s*(?:and\s+)?|\s+and\s+", text)
-    return len(names) > 1 and all(is_name(n) for n in names)
 
 
 # Facts about several relatives at once ("my parents", "my kids"), said with plural verbs.

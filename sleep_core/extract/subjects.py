@@ -12,7 +12,7 @@ FEMALE = frozenset(
 )
 MALE = frozenset("brother son husband father dad boyfriend grandfather grandpa uncle nephew fiance fiancé".split())
 PETS = frozenset("dog cat puppy kitten horse parrot rabbit hamster bird turtle pet".split())
-PLURAL = frozenset("parents grandparents kids children".split())
+PLURAL = frozenset("parents grandparents kids children sons daughters brothers sisters siblings cats dogs".split())
 _OTHERS = "partner spouse best friend friend cousin boss roommate kid child baby twin".split()
 _RELATIVES = sorted(FEMALE | MALE | PETS | PLURAL | set(_OTHERS), key=len, reverse=True)
 _MODIFIERS = "older|younger|little|big|baby|elder|eldest|oldest|youngest|twin|step|half|best"
