@@ -131,6 +131,8 @@ ACCEPTED = [
     ("I'm studying for the bar exam.", [("I am studying", "for", "the bar exam")]),
     ("I'm gluten-free.", [("my diet", "is", "gluten-free")]),
     ("I code in Python at work.", [("at work I use", "", "Python")]),
+    ("My phone is iPhone 15.", [("my phone", "is", "iPhone 15")]),  # without an article, a name only
+    ("I ride the bus sometimes.", [("I ride", "", "the bus")]),
     ("I listen to jazz.", [("I listen", "to", "jazz")]),
     ("I play the cello.", [("I play", "", "the cello")]),
     ("I support Arsenal.", [("I support", "", "Arsenal")]),
@@ -198,6 +200,13 @@ SILENT = [
     "I have long hair.",
     "I sing in a choir.",
     "I drive around town.",
+    "My car is old.",
+    "My phone is dead.",
+    "My car is in the shop.",
+    "I play it safe.",
+    "I speak my mind.",
+    "I grow tired of this.",
+    "I run a marathon every year.",
 ]
 
 

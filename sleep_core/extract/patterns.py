@@ -155,8 +155,12 @@ _PREVIOUS_JOB_QUESTIONS = ("What was my previous job?", "What job did I have bef
 _STUDY_QUESTIONS = ("What did I study?", "What subject did I study?")
 _BED_QUESTIONS = ("What time do I go to bed?", "When do I go to bed?")
 _DEGREE = r"(?:PhD|Ph\.D\.?|doctorate|master'?s|masters|bachelor'?s|MBA|BA|BSc|BS|MA|MSc|MS|degree|diploma)"
-# "I drive to work", "I sing in a choir", "I study for an exam": what follows is a place or a purpose, not the object
-_PLACE_WORDS = r"(?:to|in|at|on|for|with|from|into|about|around|every|each)"
+# "I drive to work", "I sing in a choir", "I play it safe", "I speak my mind": what follows the verb is a place, a
+# purpose or an idiom, not an object
+_PLACE_WORDS = (
+    r"(?:to|in|at|on|for|with|from|into|about|around|every|each|before|after|it (?:safe|easy|cool)|myself|up|out|"
+    r"down|off|too|tired|my (?:mind|heart|thoughts|best|part|time|way))"
+)
 _KIN_COUNTED = r"kids|children|sons|daughters|brothers|sisters|siblings|grandchildren|cats|dogs|pets"
 _INSTRUMENTS = (
     r"piano|keyboard|guitar|bass|cello|violin|viola|double bass|harp|flute|clarinet|oboe|bassoon|saxophone|sax|"
@@ -203,7 +207,9 @@ USER_RULES = (
     # the article goes in the relation: a target that opens with "a" is met by the article alone and the make is
     # not said (one car fact: chat answers 0 of 2 as "a Subaru Outback", 2 of 2 as "is a" + "Subaru Outback")
     _rule(rf"^my (?P<attr>{_BELONGINGS}) is an? (?P<o>.+)", "my {attr}", "is a", *_BELONGING_QUESTIONS),
-    _rule(rf"^my (?P<attr>{_BELONGINGS}) is (?!an? |{_COLOURS}$)(?P<o>.+)", "my {attr}", "is", *_BELONGING_QUESTIONS),
+    # without an article, only a name: "My phone is iPhone 15", not "My car is old" or "My phone is dead"
+    _rule(rf"^my (?P<attr>{_BELONGINGS}) is (?P<o>.+)", "my {attr}", "is", *_BELONGING_QUESTIONS,
+          accepts=lambda o: o[0].isdigit() or any(c.isupper() for c in o.split()[0])),
     # "What color is my car?" ends on the thing, where the key sits: with its make, one subject and one target
     _rule(rf"^my (?P<attr>{_COLOURED}) is (?P<o>{_COLOURS})$", "my {attr}", "'s color is", "What color is my {attr}?",
           "What colour is my {attr}?"),
@@ -271,9 +277,9 @@ USER_RULES = (
           "What am I studying for?"),
     _rule(rf"^I (?:take|am on|have to take|need) (?P<o>(?:{_MEDICINES})\b.*)", "I take", "",
           "What medication do I take?", "What medicine do I take?"),
-    # "I run every morning" is exercise, not a business: the object opens with an article or "my"
-    _rule(r"^I (?:run|manage|own and run) (?P<o>(?:an?|my own|my) .+)", "I run", "", "What do I run?",
-          "What business do I run?"),
+    # "I run every morning" and "I run a marathon" are exercise, not a business: an article or "my" opens the object
+    _rule(r"^I (?:run|manage|own and run) (?!an? (?:marathon|half marathon|race|mile|lap|5k|10k)\b)"
+          r"(?P<o>(?:an?|my own|my) .+)", "I run", "", "What do I run?", "What business do I run?"),
     _rule(r"^I volunteer (?:at|for|with) (?P<o>.+)", "I volunteer", "at", "Where do I volunteer?"),
     _rule(r"^I am (?:a )?member of (?P<o>.+)", "I am a member", "of", "What am I a member of?"),
     _rule(rf"^I am (?:an? )?(?P<o>{_DIETS})$", "my diet", "is", "What diet do I follow?", "What is my diet?"),
@@ -338,7 +344,7 @@ USER_RULES = (
           "What music do I listen to?"),
     _rule(r"^I am (?:a )?(?:big |huge )?fan of (?P<o>.+)", "I am a fan", "of", "What am I a fan of?"),
     _rule(r"^I am into (?P<o>.+)", "I am into", "", "What am I into?"),
-    _rule(rf"^I speak (?!{_NUMBER} languages$)(?P<o>.+)", "I speak", "", "What language do I speak?",
+    _rule(rf"^I speak (?!{_NUMBER} languages$|{_PLACE_WORDS}\b)(?P<o>.+)", "I speak", "", "What language do I speak?",
           "Which languages do I speak?"),
     # "What did I study?" holds "study", not "studied": the past is keyed on a tense-free wording
     _rule(
