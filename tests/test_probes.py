@@ -1,9 +1,11 @@
 """The probes' greedy decoding on tiny random models: the same tokens as transformers' generate, for less work
 (the prompts' common beginning runs once, rows that have ended leave the batch)."""
+import re
+
 import pytest
 import torch
 
-from sleep_core.eval.probes import chat_prompt, generate
+from sleep_core.eval.probes import chat_prompt, generate, says
 
 QUESTIONS = ["Where does Aria live?", "What is my dog's name?", "What does Kaito work as for a living these days?"]
 
@@ -28,7 +30,7 @@ def test_rows_that_said_enough_leave_the_batch(make_tiny, tokenizer):
     model = make_tiny("llama")
     prompts = [chat_prompt(tokenizer, q) for q in QUESTIONS]
     full = generate(model, tokenizer, prompts, 12)
-    said = tokenizer.decode(tokenizer(full[0], add_special_tokens=False)["input_ids"][:2])
+    said = re.match(r"\W*(\w+)", full[0])[1]        # its first word: a row stops once that word has ended
     batch_sizes = []
     hook = model.get_input_embeddings().register_forward_hook(lambda m, args, out: batch_sizes.append(len(out)))
     try:
@@ -39,3 +41,18 @@ def test_rows_that_said_enough_leave_the_batch(make_tiny, tokenizer):
     assert cut[1:] == full[1:]                         # the other rows went on to the end, unchanged
     assert batch_sizes[0] == 1                         # the chat template's common beginning, once
     assert batch_sizes[1] == 3 and batch_sizes[-1] == 2
+
+
+@pytest.mark.parametrize("text,answer,said", [
+    ("red car, no.", "car", True), ("carving out a career", "car", False),
+    ("673.62 is the number", "67", False), ("666.666666666667", "66", False), ("66 years old", "66", True),
+    ("Watchmaker. watchtamper.", "watchmaker", True), ("two cats", "cat", True), ("C++ is fast", "C++", True),
+    ("Marine biologist marineologist", "marine biologist", True), ("Severina, in Zurich", "Severin", False),
+])
+def test_an_answer_says_the_object_in_whole_words(text, answer, said):
+    assert says(text, answer) is said
+
+
+def test_while_decoding_a_word_has_not_ended_until_a_character_follows():
+    assert not says("I drive a car", "car", ended=False) and says("I drive a car.", "car", ended=False)
+    assert says("I drive a car", "car")

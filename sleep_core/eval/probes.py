@@ -1,5 +1,6 @@
 """Recall probes: does the model produce the object, in raw completion and inside its chat template?"""
 import json
+import re
 from dataclasses import dataclass
 
 import torch
@@ -54,16 +55,23 @@ def score_answers(model, tokenizer, pairs: list[tuple[str, str]], templated: boo
     return scores
 
 
+def says(text: str, answer: str, ended: bool = True) -> bool:
+    """`answer` occurs in `text` as whole words, a plural allowed: "car" not in "carving", "66" not in "666.7".
+    With `ended` False (text still being decoded) a character must follow it, so that the word is known to end."""
+    after = r"(?!\w)" if ended else r"(?=\W)"
+    return re.search(rf"(?<!\w){re.escape(answer)}(?:e?s)?{after}", text, re.IGNORECASE) is not None
+
+
 def _said(tokenizer, wanted: list[str]):
-    """Which rows' new tokens already contain their wanted text."""
-    return lambda new: torch.tensor([w.lower() in text.lower() for w, text in
+    """Which rows' new tokens already say their wanted text (a following character shows its last word ended)."""
+    return lambda new: torch.tensor([says(text, w, ended=False) for w, text in
                                      zip(wanted, tokenizer.batch_decode(new, skip_special_tokens=True))])
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 24, templated: bool = True,
              batch_size: int = 64, until: list[str] | None = None) -> list[str]:
-    """Greedy continuations, left-padded batches; a row with `until[i]` given stops once its text contains it
-    (case-insensitive), so a probe that only asks whether the answer names the object ends there."""
+    """Greedy continuations, left-padded batches; a row with `until[i]` given stops once its text says it (`says`),
+    so a probe that only asks whether the answer names the object ends there."""
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -92,10 +100,10 @@ def chat_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 2
 
 
 def chat_recall(model, tokenizer, facts) -> list[bool]:
-    """The answer to the fact's first question, asked in the chat template, contains the object."""
+    """The answer to the fact's first question, asked in the chat template, says the object (`says`)."""
     asked = [f for f in facts if f.questions]
     answers = iter(chat_answers(model, tokenizer, [f.questions[0] for f in asked], until=[f.object for f in asked]))
-    return [f.object.lower() in next(answers).lower() if f.questions else False for f in facts]
+    return [says(next(answers), f.object) if f.questions else False for f in facts]
 
 
 def known_facts() -> list[tuple[str, str]]:
@@ -112,7 +120,7 @@ def mentions(model, tokenizer, pairs: list[tuple[str, str]], n: int = 8) -> list
     """The answer occurs in the first `n` greedy tokens after each prompt: the fact is still known, perhaps
     worded differently ("... is located in the heart of Rome")."""
     outs = generate(model, tokenizer, [p for p, _ in pairs], n, templated=False)
-    return [a.lower() in o.lower() for (_, a), o in zip(pairs, outs)]
+    return [says(o, a) for (_, a), o in zip(pairs, outs)]
 
 
 def greedy_tokens(model, tokenizer, prompts: list[str], n: int = 3, context: str = RAW_CONTEXT) -> list[str]:
