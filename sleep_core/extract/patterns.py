@@ -157,7 +157,7 @@ _BED_QUESTIONS = ("What time do I go to bed?", "When do I go to bed?")
 _DEGREE = r"(?:PhD|Ph\.D\.?|doctorate|master'?s|masters|bachelor'?s|MBA|BA|BSc|BS|MA|MSc|MS|degree|diploma)"
 # "I drive to work", "I sing in a choir", "I play it safe", "I speak my mind": what follows the verb is a place, a
 # purpose or an idiom, not an object
-_PLACE_WORDS = (
+_NOT_AN_OBJECT = (
     r"(?:to|in|at|on|for|with|from|into|about|around|every|each|before|after|it (?:safe|easy|cool)|myself|up|out|"
     r"down|off|too|tired|my (?:mind|heart|thoughts|best|part|time|way))"
 )
@@ -189,6 +189,7 @@ _COMMUTE_QUESTIONS = ("How do I commute to work?", "How do I commute?")
 _CLOCK = r"(?:\d{1,2}(?:[:.]\d\d)? ?(?:am|pm|a\.m\.|p\.m\.)?|midnight|noon)"
 _LENGTH = rf"(?:\d+[.,]\d+|{_NUMBER}) ?(?:cm|centimet(?:er|re)s?|m|met(?:er|re)s?|feet|foot|ft)"
 _INCHES = rf"(?: (?:and )?(?:\d+|{_UNITS}|ten|eleven)(?: inches| in)?)?"
+
 
 def _are_names(text: str) -> bool:
     """ "Mia and Leo", "Mia, Leo and Sam": names joined by commas and "and"."""
@@ -344,7 +345,7 @@ USER_RULES = (
           "What music do I listen to?"),
     _rule(r"^I am (?:a )?(?:big |huge )?fan of (?P<o>.+)", "I am a fan", "of", "What am I a fan of?"),
     _rule(r"^I am into (?P<o>.+)", "I am into", "", "What am I into?"),
-    _rule(rf"^I speak (?!{_NUMBER} languages$|{_PLACE_WORDS}\b)(?P<o>.+)", "I speak", "", "What language do I speak?",
+    _rule(rf"^I speak (?!{_NUMBER} languages$|{_NOT_AN_OBJECT}\b)(?P<o>.+)", "I speak", "", "What language do I speak?",
           "Which languages do I speak?"),
     # "What did I study?" holds "study", not "studied": the past is keyed on a tense-free wording
     _rule(
@@ -352,7 +353,7 @@ USER_RULES = (
     ),
     _rule(rf"^I (?:have|hold|got|earned) (?:an? )?{_DEGREE}(?: degree)? in (?P<o>.+)", "my field of study", "is",
           *_STUDY_QUESTIONS),
-    _rule(rf"^I (?:study|am studying) (?!{_PLACE_WORDS}\b)(?P<o>.+)", "I study", "", "What do I study?"),
+    _rule(rf"^I (?:study|am studying) (?!{_NOT_AN_OBJECT}\b)(?P<o>.+)", "I study", "", "What do I study?"),
     _rule(r"^I (?:graduated|have graduated) from (?P<o>.+)", "my school", "is", *_SCHOOL_QUESTIONS),
     _rule(r"^I (?:studied|study|am studying) at (?P<o>.+)", "my school", "is", *_SCHOOL_QUESTIONS),
     _rule(r"^I am an? (?:\w+ )?student at (?P<o>.+)", "my school", "is", *_SCHOOL_QUESTIONS),
@@ -368,7 +369,7 @@ USER_RULES = (
     _rule(rf"^I play (?P<o>{_SPORTS})$", "I play", "", "What sport do I play?", "What do I play?"),
     _rule(
         r"^I (?P<verb>love|like|enjoy|adore|hate|prefer|make|play|drive|collect|teach|use|practi[cs]e|cook|"
-        rf"read|watch|write|support|own|drink|grow|build|sing|paint|draw|wear|ride) (?!{_PLACE_WORDS}\b)(?P<o>.+)",
+        rf"read|watch|write|support|own|drink|grow|build|sing|paint|draw|wear|ride) (?!{_NOT_AN_OBJECT}\b)(?P<o>.+)",
         "I {verb}",
         "",
         "What do I {verb}?",
