@@ -132,6 +132,7 @@ ACCEPTED = [
     ("I'm gluten-free.", [("my diet", "is", "gluten-free")]),
     ("I code in Python at work.", [("at work I use", "", "Python")]),
     ("My phone is iPhone 15.", [("my phone", "is", "iPhone 15")]),  # without an article, a name only
+    ("I have a golden retriever named Max.", [("my dog", "is", "a golden retriever"), ("my dog", "'s name is", "Max")]),
     ("I ride the bus sometimes.", [("I ride", "", "the bus")]),
     ("I listen to jazz.", [("I listen", "to", "jazz")]),
     ("I play the cello.", [("I play", "", "the cello")]),
@@ -207,6 +208,8 @@ SILENT = [
     "I speak my mind.",
     "I grow tired of this.",
     "I run a marathon every year.",
+    "I have a boxer's build.",
+    "I have a lab report due.",
 ]
 
 

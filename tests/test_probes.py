@@ -46,6 +46,7 @@ def test_rows_that_said_enough_leave_the_batch(make_tiny, tokenizer):
 @pytest.mark.parametrize("text,answer,said", [
     ("red car, no.", "car", True), ("carving out a career", "car", False),
     ("673.62 is the number", "67", False), ("666.666666666667", "66", False), ("66 years old", "66", True),
+    ("9.9999 in the decimal system", "9", False), ("at 9. Then", "9", True), ("1,200 dollars", "200", False),
     ("Watchmaker. watchtamper.", "watchmaker", True), ("two cats", "cat", True), ("C++ is fast", "C++", True),
     ("Marine biologist marineologist", "marine biologist", True), ("Severina, in Zurich", "Severin", False),
 ])
@@ -54,5 +55,6 @@ def test_an_answer_says_the_object_in_whole_words(text, answer, said):
 
 
 def test_while_decoding_a_word_has_not_ended_until_a_character_follows():
-    assert not says("I drive a car", "car", ended=False) and says("I drive a car.", "car", ended=False)
+    assert not says("I drive a car", "car", ended=False) and says("I drive a car!", "car", ended=False)
+    assert not says("it is 9.", "9", ended=False) and says("it is 9. ", "9", ended=False)
     assert says("I drive a car", "car")

@@ -56,10 +56,11 @@ def score_answers(model, tokenizer, pairs: list[tuple[str, str]], templated: boo
 
 
 def says(text: str, answer: str, ended: bool = True) -> bool:
-    """`answer` occurs in `text` as whole words, a plural allowed: "car" not in "carving", "66" not in "666.7".
-    With `ended` False (text still being decoded) a character must follow it, so that the word is known to end."""
-    after = r"(?!\w)" if ended else r"(?=\W)"
-    return re.search(rf"(?<!\w){re.escape(answer)}(?:e?s)?{after}", text, re.IGNORECASE) is not None
+    """`answer` occurs in `text` as whole words, a plural allowed: "car" not in "carving", "66" not in "666.7" nor
+    9 in "9.99" (a number inside a longer one is not said). With `ended` False (text still being decoded) a
+    character must follow it, so that the word is known to end, and a point or comma after it another one."""
+    after = r"(?!\w)(?![.,]\d)" if ended else r"(?=\W)(?![.,]\d)(?![.,]$)"
+    return re.search(rf"(?<!\w)(?<!\d[.,]){re.escape(answer)}(?:e?s)?{after}", text, re.IGNORECASE) is not None
 
 
 def _said(tokenizer, wanted: list[str]):

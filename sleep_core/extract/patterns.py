@@ -43,6 +43,11 @@ _OCCUPATIONS = frozenset(
     "sculptor poet author manager director ceo founder entrepreneur freelancer contractor intern retiree "
     "paramedic psychologist economist cashier waiter waitress bartender baker butcher driver".split()
 )
+_DOG_BREEDS = (
+    r"golden retriever|labrador(?: retriever)?|lab|poodle|beagle|bulldog|french bulldog|german shepherd|husky|"
+    r"dachshund|corgi|chihuahua|pug|border collie|boxer|shih tzu|rottweiler|terrier|spaniel|labradoodle|goldendoodle|"
+    r"greyhound|whippet|dalmatian|great dane|schnauzer|pomeranian|maltese|akita|shiba inu|samoyed"
+)
 _ZODIAC = "Aries|Taurus|Gemini|Cancer|Leo|Virgo|Libra|Scorpio|Sagittarius|Capricorn|Aquarius|Pisces"
 _OCCUPATION_ENDINGS = ("er", "or", "ist", "ian", "eer", "man", "woman", "grapher")
 _NOT_OCCUPATIONS = frozenset(
@@ -339,6 +344,11 @@ USER_RULES = (
           "the number of my {what}", "is", "How many {what} do I have?"),
     _rule(rf"^I have (?:got )?{_NUMBER} (?P<what>{_KIN_COUNTED}),? (?:named|called) (?P<o>.+)", "my {what}",
           "' names are", "What are my {what}' names?", accepts=_are_names),
+    # "I have a golden retriever named Max": a dog said by its breed, with its name or without
+    _rule(rf"^I (?:have|have got|got|own) (?P<o>an? (?:{_DOG_BREEDS}))(?:$|,? (?:named|called) )", "my dog",
+          "is", "What breed is my dog?"),
+    _rule(rf"^I (?:have|have got|got|own) an? (?:{_DOG_BREEDS})(?: named| called|,) (?P<o>.+)", "my dog",
+          NAME_RELATION, "What is my dog's name?", "What's my dog called?", accepts=is_name),
     _rule(r"^I am married to (?P<o>.+)", "my spouse", NAME_RELATION, "What is my spouse's name?", "Who is my spouse?",
           accepts=is_name),
     _rule(r"^I (?:listen|am listening) to (?P<o>.+)", "I listen", "to", "What do I listen to?",
