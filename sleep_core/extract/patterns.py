@@ -196,6 +196,11 @@ _LENGTH = rf"(?:\d+[.,]\d+|{_NUMBER}) ?(?:cm|centimet(?:er|re)s?|m|met(?:er|re)s
 _INCHES = rf"(?: (?:and )?(?:\d+|{_UNITS}|ten|eleven)(?: inches| in)?)?"
 
 
+def _is_model_name(text: str) -> bool:
+    """ "iPhone 15", "Galaxy S23", "3310": a capital in the first word or a number (not "old", "dead")."""
+    return text[0].isdigit() or any(c.isupper() for c in text.split()[0])
+
+
 def _are_names(text: str) -> bool:
     """ "Mia and Leo", "Mia, Leo and Sam": names joined by commas and "and"."""
     names = re.split(r",\s*(?:and\s+)?|\s+and\s+", text)
@@ -215,7 +220,7 @@ USER_RULES = (
     _rule(rf"^my (?P<attr>{_BELONGINGS}) is an? (?P<o>.+)", "my {attr}", "is a", *_BELONGING_QUESTIONS),
     # without an article, only a name: "My phone is iPhone 15", not "My car is old" or "My phone is dead"
     _rule(rf"^my (?P<attr>{_BELONGINGS}) is (?P<o>.+)", "my {attr}", "is", *_BELONGING_QUESTIONS,
-          accepts=lambda o: o[0].isdigit() or any(c.isupper() for c in o.split()[0])),
+          accepts=_is_model_name),
     # "What color is my car?" ends on the thing, where the key sits: with its make, one subject and one target
     _rule(rf"^my (?P<attr>{_COLOURED}) is (?P<o>{_COLOURS})$", "my {attr}", "'s color is", "What color is my {attr}?",
           "What colour is my {attr}?"),
