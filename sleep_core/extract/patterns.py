@@ -6,7 +6,7 @@ user's later question words it: "my name" (What is my name?), "my sister" (Where
 """
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .candidate import NAME_RELATION, Candidate, Rejection, rejection
@@ -118,7 +118,8 @@ class Rule:
         obj = self.object or trim_object(m["o"])
         if self.accepts and not self.accepts(obj):
             return None
-        fields |= {"s": subject, "base": _base(fields.get("verb", ""))}
+        # `home` stays a placeholder: the city may be said later in the same clause ("I have lived in Oslo for …")
+        fields |= {"s": subject, "base": _base(fields.get("verb", "")), "home": "{home}"}
         questions = tuple(dict.fromkeys(q.format(**fields) for q in self.questions))
         return self.subject.format(**fields), self.relation.format(**fields), obj, questions
 
@@ -148,10 +149,12 @@ def _rule(pattern: str, subject: str, relation: str, *questions: str, **options)
 _ABOUT_USER = re.compile(rf"^(?:I\s|at (?:work|home|school)\b|my\s+(?!{RELATIVE}\b(?! tongue)))", re.IGNORECASE)
 _HAVE = re.compile(rf"^I (?:have|have got|got|own) an? (?P<who>{RELATIVE})\b", re.IGNORECASE)
 _NAME_QUESTIONS = ("What is {s}'s name?", "What's {s} called?")
+HOME = ("I live", "in")
 _LIVE_QUESTIONS = ("Where do I live?", "Which city do I live in?")
-_LIVED_QUESTIONS = ("How long have I lived here?",)
+# "here" is the city the user said they live in, and people ask with its name
+_LIVED_QUESTIONS = ("How long have I lived here?", "How long have I lived in {home}?")
 # "Where did I live before?" reads like "Where do I live?" up to "live": the key sits on "before"
-_BEFORE_QUESTIONS = ("Where did I live before?", "Where did I live before moving here?")
+_BEFORE_QUESTIONS = ("Where did I live before?", "Where did I live before moving here?", "Where did I live before {home}?")
 _WORK_QUESTIONS = ("What do I work as?", "What do I do for work?")
 _WORK_AT_QUESTIONS = ("Where do I work?", "Which company do I work for?")
 _SCHOOL_QUESTIONS = ("Which school did I go to?", "Where did I go to school?", "What school did I graduate from?")
@@ -171,6 +174,7 @@ _INSTRUMENTS = (
     r"piano|keyboard|guitar|bass|cello|violin|viola|double bass|harp|flute|clarinet|oboe|bassoon|saxophone|sax|"
     r"trumpet|trombone|tuba|french horn|drums|ukulele|banjo|mandolin|accordion|harmonica|organ|synthesizer"
 )
+_MUSIC = "beats|music|songs|tracks|albums|instrumentals|remixes|mixtapes|soundtracks|jingles|hip-hop|rap|jazz|techno"
 _SPORTS = (
     r"soccer|football|basketball|baseball|tennis|golf|volleyball|hockey|ice hockey|rugby|cricket|badminton|"
     r"table tennis|ping pong|squash|handball|lacrosse|softball|water polo"
@@ -231,11 +235,11 @@ USER_RULES = (
     _rule(rf"^I am (?P<o>{_NUMBER})(?: years? old| years of age)?$", "my age", "is", "What is my age?"),
     _rule(rf"^I (?:just )?turned (?P<o>{_NUMBER})(?: years? old)?(?: (?:last|this) \w+| recently| today| yesterday)?$",
           "my age", "is", "What is my age?"),
-    _rule(r"^I (?:live|reside|am living) in (?P<o>.+)", "I live", "in", *_LIVE_QUESTIONS),
-    _rule(r"^I (?:have )?moved to (?P<o>.+?)(?: from .+)?$", "I live", "in", *_LIVE_QUESTIONS),
+    _rule(r"^I (?:live|reside|am living) in (?P<o>.+)", *HOME, *_LIVE_QUESTIONS),
+    _rule(r"^I (?:have )?moved to (?P<o>.+?)(?: from .+)?$", *HOME, *_LIVE_QUESTIONS),
     _rule(r"^I (?:have )?moved (?:here |there |to .+? )?from (?P<o>.+)", "I lived before", "in", *_BEFORE_QUESTIONS),
     _rule(rf"^I (?:have )?moved\b.*? (?P<o>{DURATION}) ago$", "I have lived", "here for", *_LIVED_QUESTIONS),
-    _rule(r"^I have (?:been )?liv(?:ed|ing) in (?P<o>.+)", "I live", "in", *_LIVE_QUESTIONS),
+    _rule(r"^I have (?:been )?liv(?:ed|ing) in (?P<o>.+)", *HOME, *_LIVE_QUESTIONS),
     _rule(
         rf"^I have (?:been )?liv(?:ed|ing) (?:here|there|in .+?) for (?P<o>{DURATION})$",
         "I have lived",
@@ -382,6 +386,8 @@ USER_RULES = (
     _rule(rf"^I play (?P<o>(?:the )?(?:{_INSTRUMENTS}))$", "I play", "", "What instrument do I play?",
           "What do I play?"),
     _rule(rf"^I play (?P<o>{_SPORTS})$", "I play", "", "What sport do I play?", "What do I play?"),
+    _rule(rf"^I (?P<verb>make|produce|write|compose|record) (?P<o>(?:[\w&'-]+ ){{0,3}}(?:{_MUSIC}))$", "I {verb}", "",
+          "What kind of music do I {verb}?", "What do I {verb}?"),
     _rule(
         r"^I (?P<verb>love|like|enjoy|adore|hate|prefer|make|play|drive|collect|teach|use|practi[cs]e|cook|"
         rf"read|watch|write|support|own|drink|grow|build|sing|paint|draw|wear|ride) (?!{_NOT_AN_OBJECT}\b)(?P<o>.+)",
@@ -489,11 +495,15 @@ OTHER_RULES = _PLURAL_RULES + (
 
 
 def extract_patterns(
-    sentences: list[str], names: Mapping[str, str] | None = None, mentioned: Sequence[str] = ()
+    sentences: list[str],
+    names: Mapping[str, str] | None = None,
+    mentioned: Sequence[str] = (),
+    home: str | None = None,
 ) -> tuple[list[Candidate], list[Rejection]]:
     """Facts from sentences that passed the firewall; `names` maps known names to subjects ("Andre" -> "my son"),
-    `mentioned` lists the relatives earlier messages spoke of, oldest first, for a pronoun that opens this one."""
-    context = Context(names=dict(names or {}), mentioned=list(mentioned))
+    `mentioned` lists the relatives earlier messages spoke of, oldest first, for a pronoun that opens this one,
+    `home` is the city the user said they live in (what "here" means)."""
+    context = Context(names=dict(names or {}), mentioned=list(mentioned), home=home)
     candidates: list[Candidate] = []
     rejections: list[Rejection] = []
     for sentence in sentences:
@@ -534,8 +544,10 @@ def _first_per_slot(facts) -> list[tuple]:
 
 
 def _collect(fact: tuple, sentence: str, context: Context, candidates: list, rejections: list) -> None:
-    """Validate one fact into a candidate (or a rejection); a name fact makes the name known."""
+    """Validate one fact into a candidate (or a rejection); a name fact makes the name known, a home the city."""
     subject, relation, obj, questions = fact
+    home = context.home or ""
+    questions = tuple(q.replace("{home}", home) for q in questions if home or "{home}" not in q)
     try:
         candidates.append(Candidate(subject, relation, obj, questions, sentence))
     except ValueError as error:
@@ -544,3 +556,16 @@ def _collect(fact: tuple, sentence: str, context: Context, candidates: list, rej
     if relation == NAME_RELATION:
         context.name(obj, subject)
         context.mention(subject)
+    elif (subject, relation) == HOME:
+        context.home = _city(obj)
+
+
+def home_from(facts: Iterable) -> str | None:
+    """The city the user lives in, from facts with subject/relation/object (the latest one), e.g. stored ones."""
+    homes = [_city(f.object) for f in facts if (f.subject, f.relation) == HOME]
+    return homes[-1] if homes else None
+
+
+def _city(place: str) -> str:
+    """ "Portland, Oregon" -> "Portland", as a question names it."""
+    return place.split(",")[0].strip()
