@@ -133,6 +133,11 @@ ACCEPTED = [
     ("I code in Python at work.", [("at work I use", "", "Python")]),
     ("My phone is iPhone 15.", [("my phone", "is", "iPhone 15")]),  # without an article, a name only
     ("I have a golden retriever named Max.", [("my dog", "is", "a golden retriever"), ("my dog", "'s name is", "Max")]),
+    ("I have a Siamese cat named Luna.", [("my cat", "is", "a Siamese"), ("my cat", "'s name is", "Luna")]),
+    ("I have a Maine Coon.", [("my cat", "is", "a Maine Coon")]),
+    ("My daughter is in third grade.", [("my daughter", "is in", "third grade")]),
+    ("My son is in kindergarten.", [("my son", "is in", "kindergarten")]),
+    ("I'm moving to Berlin next month.", [("I am moving", "to", "Berlin")]),
     ("I ride the bus sometimes.", [("I ride", "", "the bus")]),
     ("I listen to jazz.", [("I listen", "to", "jazz")]),
     ("I play the cello.", [("I play", "", "the cello")]),
@@ -210,6 +215,9 @@ SILENT = [
     "I run a marathon every year.",
     "I have a boxer's build.",
     "I have a lab report due.",
+    "My dog is in the garden.",
+    "My son is in trouble.",
+    "I have a Persian rug.",
 ]
 
 

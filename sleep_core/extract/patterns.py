@@ -48,6 +48,10 @@ _DOG_BREEDS = (
     r"dachshund|corgi|chihuahua|pug|border collie|boxer|shih tzu|rottweiler|terrier|spaniel|labradoodle|goldendoodle|"
     r"greyhound|whippet|dalmatian|great dane|schnauzer|pomeranian|maltese|akita|shiba inu|samoyed"
 )
+_CAT_BREEDS = (
+    r"siamese|persian|maine coon|bengal|ragdoll|sphynx|british shorthair|russian blue|abyssinian|scottish fold|"
+    r"burmese|birman|norwegian forest cat|savannah"
+)
 _ZODIAC = "Aries|Taurus|Gemini|Cancer|Leo|Virgo|Libra|Scorpio|Sagittarius|Capricorn|Aquarius|Pisces"
 _OCCUPATION_ENDINGS = ("er", "or", "ist", "ian", "eer", "man", "woman", "grapher")
 _NOT_OCCUPATIONS = frozenset(
@@ -353,11 +357,13 @@ USER_RULES = (
           "the number of my {what}", "is", "How many {what} do I have?"),
     _rule(rf"^I have (?:got )?{_NUMBER} (?P<what>{_KIN_COUNTED}),? (?:named|called) (?P<o>.+)", "my {what}",
           "' names are", "What are my {what}' names?", accepts=_are_names),
-    # "I have a golden retriever named Max": a dog said by its breed, with its name or without
-    _rule(rf"^I (?:have|have got|got|own) (?P<o>an? (?:{_DOG_BREEDS}))(?:$|,? (?:named|called) )", "my dog",
-          "is", "What breed is my dog?"),
-    _rule(rf"^I (?:have|have got|got|own) an? (?:{_DOG_BREEDS})(?: named| called|,) (?P<o>.+)", "my dog",
-          NAME_RELATION, "What is my dog's name?", "What's my dog called?", accepts=is_name),
+    # "I have a golden retriever named Max", "I have a Siamese cat": a pet said by its breed, with its name or without
+    *(rule for pet, breeds in (("dog", _DOG_BREEDS), ("cat", _CAT_BREEDS)) for rule in (
+        _rule(rf"^I (?:have|have got|got|own) (?P<o>an? (?:{breeds}))(?: {pet})?(?:$|,? (?:named|called) )",
+              f"my {pet}", "is", f"What breed is my {pet}?"),
+        _rule(rf"^I (?:have|have got|got|own) an? (?:{breeds})(?: {pet})?(?: named| called|,) (?P<o>.+)", f"my {pet}",
+              NAME_RELATION, f"What is my {pet}'s name?", f"What's my {pet} called?", accepts=is_name))),
+    _rule(r"^I am moving to (?P<o>.+)", "I am moving", "to", "Where am I moving to?", "Where am I moving?"),
     _rule(r"^I am married to (?P<o>.+)", "my spouse", NAME_RELATION, "What is my spouse's name?", "Who is my spouse?",
           accepts=is_name),
     _rule(r"^I (?:listen|am listening) to (?P<o>.+)", "I listen", "to", "What do I listen to?",
@@ -447,6 +453,8 @@ OTHER_RULES = _PLURAL_RULES + (
         "How old is {s}?",
     ),
     _rule(r"^is (?P<o>an? .+)", "{s}", "is", "What breed is {s}?", who="pet"),
+    _rule(r"^is in (?P<o>(?:the )?\w+ grade|kindergarten|preschool|nursery school)$", "{s}", "is in",
+          "What grade is {s} in?", who="family"),
     _rule(r"^is (?P<o>(?:South |New )?\w+)$", "{s}", "'s nationality is", "What is {s}'s nationality?",
           accepts=is_nationality),
     _rule(
