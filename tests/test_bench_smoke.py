@@ -98,6 +98,8 @@ def test_answers_are_scored_by_word_starts():
     assert conversation.mentions("I love drawing.", "draw")
     assert not conversation.mentions("You live in Portland.", "LA")
     assert not conversation.mentions("He is 15.", "5")
+    assert not conversation.mentions("He is 63, or 6.6 inches.", "6")
+    assert conversation.mentions("He is 6 years old, 6.", "6")
     assert conversation.mentions("You moved from chicago", "Chicago")
 
 

@@ -41,8 +41,10 @@ def conversation_set(groups: int | None = None, name: str = "seed", seed: int = 
 
 
 def mentions(answer: str, word: str) -> bool:
-    """`word` starts a word of `answer` ("draw" in "drawing", not "5" in "15"); "LA" matches only in capitals."""
-    return re.search(r"\b" + re.escape(word), answer, 0 if word.isupper() else re.IGNORECASE) is not None
+    """`word` starts a word of `answer` ("draw" in "drawing"), a number a whole one ("6", not "5" in "15" nor "6" in
+    "63" or "6.6"); "LA" matches only in capitals."""
+    before, after = (r"(?<!\d[.,])", r"(?!\d)(?![.,]\d)") if word[-1:].isdigit() else ("", "")
+    return re.search(rf"{before}\b{re.escape(word)}{after}", answer, 0 if word.isupper() else re.IGNORECASE) is not None
 
 
 def ask(model, tokenizer, questions: list[dict]) -> list[dict]:

@@ -52,7 +52,8 @@ _TAIL = re.compile(
     rf"\s*,?\s+(?i:when|because|since|although|though|while|whereas|which|who|whom|where|but|so that|as well|"
     rf"too|with|for|named|called|ago|now|currently|these days|at the moment|right now|recently|very much|sometimes|"
     rf"often|occasionally|all the time|a lot|"
-    rf"last year|this year|yesterday|today|soon|next (?:week|month|year|spring|summer|fall|autumn|winter)|in \d{{4}}|{DURATION}\s+ago|every|each|daily|nightly|weekly|on weekends|"
+    rf"last year|this year|yesterday|today|soon|next (?:week|month|year|spring|summer|fall|autumn|winter)|"
+    rf"in \d{{4}}|{DURATION}\s+ago|every|each|daily|nightly|weekly|on weekends|"
     rf"on the weekends?|(?:once|twice|\w+ times) a (?:day|week|month|year)|in the (?:morning|evening|afternoon)s?)\b"
     rf".*$|,\s+(?=[a-z])(?!and\b|or\b).*$"
 )
