@@ -292,8 +292,7 @@ def test_here_is_asked_with_the_city_the_user_lives_in():
     assert home == "Portland"
     later, _ = extract("I moved here from Chicago three years ago.", home=home)
     questions = {c.subject: c.questions for c in later}
-    assert "Where did I live before Portland?" in questions["I lived before"]
-    assert "How long have I lived in Portland?" in questions["I have lived"]
+    assert questions["I have lived"] == ("How long have I lived here?", "How long have I lived in Portland?")
     alone, _ = extract("I moved here from Chicago three years ago.")       # nobody said where "here" is
     assert triples(alone) == triples(later)
     assert not any("{" in q or "Portland" in q for c in alone for q in c.questions)

@@ -34,8 +34,8 @@ def extract(
     `names` maps names the user gave earlier to their subjects ({"Andre": "my son"}, see `names_from`),
     so "Andre loves drawing" is learned about "my son"; `mentioned` lists the relatives earlier messages spoke of,
     oldest first (see `relatives`), so "She works as a dentist." after "My sister Maya lives in Toronto." is about
-    "my sister"; `home` is the city the user said they live in (see `home_from`), so "I moved here from Chicago" is
-    also asked as "Where did I live before Portland?".
+    "my sister"; `home` is the city the user said they live in (see `home_from`), so "I moved here three years ago"
+    is also asked as "How long have I lived in Portland?".
     """
     reason = check_source(source) or check_size(text, max_chars)
     if not reason:

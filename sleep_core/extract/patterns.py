@@ -157,11 +157,10 @@ HOME = ("I live", "in")
 _LIVE_QUESTIONS = ("Where do I live?", "Which city do I live in?")
 # "here" is the city the user said they live in, and people ask with its name
 _LIVED_QUESTIONS = ("How long have I lived here?", "How long have I lived in {home}?")
-# "Where did I live before?" reads like "Where do I live?" up to "live": the key sits on "before"
-# (only the first `EditConfig.chat_questions` are written: the city's wording comes second when it is known)
-_BEFORE_QUESTIONS = (
-    "Where did I live before?", "Where did I live before {home}?", "Where did I live before moving here?"
-)
+# "Where did I live before?" reads like "Where do I live?" up to "live": the key sits on "before". Not asked with
+# the city ("before Portland?"): written so, the model's pull to repeat the city from the question made the
+# conversational set worse (README, "Conversation")
+_BEFORE_QUESTIONS = ("Where did I live before?", "Where did I live before moving here?")
 _WORK_QUESTIONS = ("What do I work as?", "What do I do for work?")
 _WORK_AT_QUESTIONS = ("Where do I work?", "Which company do I work for?")
 _SCHOOL_QUESTIONS = ("Which school did I go to?", "Where did I go to school?", "What school did I graduate from?")
