@@ -14,7 +14,7 @@ from .cycle.wake import InjectionWorker
 from .editing.covariance import cached_moments
 from .editing.memit import MAX_BATCH, compute_edits
 from .editing.solve import LayerPrior, make_prior
-from .extract import Candidate, Rejection, extract, home_from, names_from, relatives
+from .extract import Candidate, Rejection, extract, names_from, relatives
 from .memory.facts import Fact, FactEdit, about, subject_batches
 from .memory.ledger import WeightLedger
 from .memory.store import FactRecord, Store, StoreError, export_document, now, read_document
@@ -102,9 +102,8 @@ class Memory:
         chat (`new_chat`) has no earlier relatives for its pronouns."""
         if new_chat:
             self._mentioned = []
-        known = [r.fact for r in self.active_records()]
-        candidates, rejected = extract(text, source, names=names_from(known), mentioned=self._mentioned,
-                                       home=home_from(known))
+        candidates, rejected = extract(text, source, names=names_from(r.fact for r in self.active_records()),
+                                       mentioned=self._mentioned)
         self._mentioned = relatives((c.subject for c in candidates), self._mentioned)
         if self.config.learn:
             for c in candidates:

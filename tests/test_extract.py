@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sleep_core.extract import Candidate, LLMExtractor, Rejection, check, extract, home_from, names_from, relatives
+from sleep_core.extract import Candidate, LLMExtractor, Rejection, check, extract, names_from, relatives
 from sleep_core.extract import firewall as fw
 from sleep_core.extract.llm import candidate, parse_items
 from sleep_core.paths import data_dir
@@ -286,20 +286,6 @@ def test_a_pronoun_opening_a_message_refers_to_a_relative_of_the_messages_before
     assert triples(extract("She lives in Oslo.", mentioned=mentioned)[0]) == [("my sister", "lives in", "Oslo")]
 
 
-def test_here_is_asked_with_the_city_the_user_lives_in():
-    first, _ = extract("I live in Portland, Oregon.")
-    home = home_from(c.fact for c in first)
-    assert home == "Portland"
-    later, _ = extract("I moved here from Chicago three years ago.", home=home)
-    questions = {c.subject: c.questions for c in later}
-    assert questions["I have lived"] == ("How long have I lived here?", "How long have I lived in Portland?")
-    alone, _ = extract("I moved here from Chicago three years ago.")       # nobody said where "here" is
-    assert triples(alone) == triples(later)
-    assert not any("{" in q or "Portland" in q for c in alone for q in c.questions)
-    same, _ = extract("I have lived in Oslo for 3 years.")                  # said in the same clause
-    assert "How long have I lived in Oslo?" in {q for c in same for q in c.questions}
-
-
 def test_music_one_makes_is_asked_as_a_kind_of_music():
     job, beats = extract("I'm a music producer. I make instrumental beats.")[0]
     assert (beats.subject, beats.object) == ("I make", "instrumental beats")
@@ -364,7 +350,7 @@ def test_conversation_set_coverage(name):
     for group in data["facts"]:
         names, mentioned, facts = {}, [], []
         for statement in group["statements"]:
-            found, _ = extract(statement, names=names, mentioned=mentioned, home=home_from(facts))
+            found, _ = extract(statement, names=names, mentioned=mentioned)
             names |= names_from(found)
             mentioned = relatives((c.subject for c in found), mentioned)
             facts += found

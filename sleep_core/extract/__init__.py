@@ -11,13 +11,11 @@ from collections.abc import Mapping, Sequence
 from .candidate import Candidate, Rejection, rejection
 from .firewall import MAX_CHARS, check, check_message, check_size, check_source
 from .llm import LLMExtractor
-from .patterns import extract_patterns, home_from
+from .patterns import extract_patterns
 from .subjects import names_from, relatives
 from .text import normalize, sentences
 
-__all__ = [
-    "MAX_CHARS", "Candidate", "LLMExtractor", "Rejection", "check", "extract", "home_from", "names_from", "relatives"
-]
+__all__ = ["MAX_CHARS", "Candidate", "LLMExtractor", "Rejection", "check", "extract", "names_from", "relatives"]
 
 
 def extract(
@@ -27,15 +25,13 @@ def extract(
     names: Mapping[str, str] | None = None,
     max_chars: int = MAX_CHARS,
     mentioned: Sequence[str] = (),
-    home: str | None = None,
 ) -> tuple[list[Candidate], list[Rejection]]:
     """(facts to learn, what was not learned and why) for one message.
 
     `names` maps names the user gave earlier to their subjects ({"Andre": "my son"}, see `names_from`),
     so "Andre loves drawing" is learned about "my son"; `mentioned` lists the relatives earlier messages spoke of,
     oldest first (see `relatives`), so "She works as a dentist." after "My sister Maya lives in Toronto." is about
-    "my sister"; `home` is the city the user said they live in (see `home_from`), so "I moved here three years ago"
-    is also asked as "How long have I lived in Portland?".
+    "my sister".
     """
     reason = check_source(source) or check_size(text, max_chars)
     if not reason:
@@ -49,19 +45,15 @@ def extract(
             rejected.append(rejection(sentence, reason))
         else:
             kept.append(sentence)
-    candidates, invalid = _read(kept, llm, names, mentioned, home)
+    candidates, invalid = _read(kept, llm, names, mentioned)
     return _screened(candidates, rejected + invalid)
 
 
 def _read(
-    kept: list[str],
-    llm: LLMExtractor | None,
-    names: Mapping[str, str] | None,
-    mentioned: Sequence[str],
-    home: str | None,
+    kept: list[str], llm: LLMExtractor | None, names: Mapping[str, str] | None, mentioned: Sequence[str]
 ) -> tuple[list[Candidate], list[Rejection]]:
     """The patterns' facts, plus the model's facts for (subject, relation) slots the patterns left empty."""
-    candidates, rejections = extract_patterns(kept, names, mentioned, home)
+    candidates, rejections = extract_patterns(kept, names, mentioned)
     if llm and kept:
         found, refused = llm.extract(" ".join(kept))
         filled = {(c.subject.lower(), c.relation.lower()) for c in candidates}

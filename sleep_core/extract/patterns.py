@@ -6,7 +6,7 @@ user's later question words it: "my name" (What is my name?), "my sister" (Where
 """
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .candidate import NAME_RELATION, Candidate, Rejection, rejection
@@ -122,8 +122,7 @@ class Rule:
         obj = self.object or trim_object(m["o"])
         if self.accepts and not self.accepts(obj):
             return None
-        # `home` stays a placeholder: the city may be said later in the same clause ("I have lived in Oslo for …")
-        fields |= {"s": subject, "base": _base(fields.get("verb", "")), "home": "{home}"}
+        fields |= {"s": subject, "base": _base(fields.get("verb", ""))}
         questions = tuple(dict.fromkeys(q.format(**fields) for q in self.questions))
         return self.subject.format(**fields), self.relation.format(**fields), obj, questions
 
@@ -153,13 +152,10 @@ def _rule(pattern: str, subject: str, relation: str, *questions: str, **options)
 _ABOUT_USER = re.compile(rf"^(?:I\s|at (?:work|home|school)\b|my\s+(?!{RELATIVE}\b(?! tongue)))", re.IGNORECASE)
 _HAVE = re.compile(rf"^I (?:have|have got|got|own) an? (?P<who>{RELATIVE})\b", re.IGNORECASE)
 _NAME_QUESTIONS = ("What is {s}'s name?", "What's {s} called?")
-HOME = ("I live", "in")
 _LIVE_QUESTIONS = ("Where do I live?", "Which city do I live in?")
-# "here" is the city the user said they live in, and people ask with its name
-_LIVED_QUESTIONS = ("How long have I lived here?", "How long have I lived in {home}?")
-# "Where did I live before?" reads like "Where do I live?" up to "live": the key sits on "before". Not asked with
-# the city ("before Portland?"): written so, the model's pull to repeat the city from the question made the
-# conversational set worse (README, "Conversation")
+# not asked with the city's name ("How long have I lived in Portland?"): measured no better (README, "Conversation")
+_LIVED_QUESTIONS = ("How long have I lived here?",)
+# "Where did I live before?" reads like "Where do I live?" up to "live": the key sits on "before"
 _BEFORE_QUESTIONS = ("Where did I live before?", "Where did I live before moving here?")
 _WORK_QUESTIONS = ("What do I work as?", "What do I do for work?")
 _WORK_AT_QUESTIONS = ("Where do I work?", "Which company do I work for?")
@@ -241,11 +237,11 @@ USER_RULES = (
     _rule(rf"^I am (?P<o>{_NUMBER})(?: years? old| years of age)?$", "my age", "is", "What is my age?"),
     _rule(rf"^I (?:just )?turned (?P<o>{_NUMBER})(?: years? old)?(?: (?:last|this) \w+| recently| today| yesterday)?$",
           "my age", "is", "What is my age?"),
-    _rule(r"^I (?:live|reside|am living) in (?P<o>.+)", *HOME, *_LIVE_QUESTIONS),
-    _rule(r"^I (?:have )?moved to (?P<o>.+?)(?: from .+)?$", *HOME, *_LIVE_QUESTIONS),
+    _rule(r"^I (?:live|reside|am living) in (?P<o>.+)", "I live", "in", *_LIVE_QUESTIONS),
+    _rule(r"^I (?:have )?moved to (?P<o>.+?)(?: from .+)?$", "I live", "in", *_LIVE_QUESTIONS),
     _rule(r"^I (?:have )?moved (?:here |there |to .+? )?from (?P<o>.+)", "I lived before", "in", *_BEFORE_QUESTIONS),
     _rule(rf"^I (?:have )?moved\b.*? (?P<o>{DURATION}) ago$", "I have lived", "here for", *_LIVED_QUESTIONS),
-    _rule(r"^I have (?:been )?liv(?:ed|ing) in (?P<o>.+)", *HOME, *_LIVE_QUESTIONS),
+    _rule(r"^I have (?:been )?liv(?:ed|ing) in (?P<o>.+)", "I live", "in", *_LIVE_QUESTIONS),
     _rule(
         rf"^I have (?:been )?liv(?:ed|ing) (?:here|there|in .+?) for (?P<o>{DURATION})$",
         "I have lived",
@@ -505,15 +501,11 @@ OTHER_RULES = _PLURAL_RULES + (
 
 
 def extract_patterns(
-    sentences: list[str],
-    names: Mapping[str, str] | None = None,
-    mentioned: Sequence[str] = (),
-    home: str | None = None,
+    sentences: list[str], names: Mapping[str, str] | None = None, mentioned: Sequence[str] = ()
 ) -> tuple[list[Candidate], list[Rejection]]:
     """Facts from sentences that passed the firewall; `names` maps known names to subjects ("Andre" -> "my son"),
-    `mentioned` lists the relatives earlier messages spoke of, oldest first, for a pronoun that opens this one,
-    `home` is the city the user said they live in (what "here" means)."""
-    context = Context(names=dict(names or {}), mentioned=list(mentioned), home=home)
+    `mentioned` lists the relatives earlier messages spoke of, oldest first, for a pronoun that opens this one."""
+    context = Context(names=dict(names or {}), mentioned=list(mentioned))
     candidates: list[Candidate] = []
     rejections: list[Rejection] = []
     for sentence in sentences:
@@ -554,10 +546,8 @@ def _first_per_slot(facts) -> list[tuple]:
 
 
 def _collect(fact: tuple, sentence: str, context: Context, candidates: list, rejections: list) -> None:
-    """Validate one fact into a candidate (or a rejection); a name fact makes the name known, a home the city."""
+    """Validate one fact into a candidate (or a rejection); a name fact makes the name known."""
     subject, relation, obj, questions = fact
-    home = context.home or ""
-    questions = tuple(q.replace("{home}", home) for q in questions if home or "{home}" not in q)
     try:
         candidates.append(Candidate(subject, relation, obj, questions, sentence))
     except ValueError as error:
@@ -566,16 +556,3 @@ def _collect(fact: tuple, sentence: str, context: Context, candidates: list, rej
     if relation == NAME_RELATION:
         context.name(obj, subject)
         context.mention(subject)
-    elif (subject, relation) == HOME:
-        context.home = _city(obj)
-
-
-def home_from(facts: Iterable) -> str | None:
-    """The city the user lives in, from facts with subject/relation/object (the latest one), e.g. stored ones."""
-    homes = [_city(f.object) for f in facts if (f.subject, f.relation) == HOME]
-    return homes[-1] if homes else None
-
-
-def _city(place: str) -> str:
-    """ "Portland, Oregon" -> "Portland", as a question names it."""
-    return place.split(",")[0].strip()

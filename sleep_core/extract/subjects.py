@@ -56,11 +56,10 @@ def is_religion(text: str) -> bool:
 
 @dataclass
 class Context:
-    """What one message has said so far: known names, the relatives mentioned (most recent last), the user's city."""
+    """What one message has said so far: known names and the relatives mentioned, most recent last."""
 
     names: dict[str, str] = field(default_factory=dict)
     mentioned: list[str] = field(default_factory=list)
-    home: str | None = None
 
     def mention(self, subject: str) -> None:
         if subject in self.mentioned:
