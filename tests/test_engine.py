@@ -70,6 +70,27 @@ def test_facts_about_one_subject_share_one_target(tokenizer):
     assert seed.fact_target.tolist() == [0, 1, 2]           # the reference gave every fact its own
 
 
+def test_no_subject_is_read_on_the_first_token(tokenizer):
+    """A model's first position is its attention sink, so a one-token subject that opens a raw prompt or the KL
+    prompt ("Italy is a") is read after a line break; other prompts are left as they are."""
+    from sleep_core.editing.prompts import build_batch
+    italy = Fact("Italy", "is located in", "Asia", ("Where is Italy located?",))
+    batch = build_batch(tokenizer, [italy, FACTS[1]], EditConfig())
+    read = [tokenizer.decode(batch.input_ids[row, batch.subject_pos[row]]).strip() for row in range(len(batch.fact))]
+    assert set(read) == {"Italy", "dog"} and int(batch.subject_pos.min()) == 1
+    rows = [row for row in range(len(batch.fact)) if batch.fact[row] == 0 and batch.subject_pos[row] == 1]
+    assert [tokenizer.decode(batch.input_ids[row, :2]) for row in rows] == ["\nItaly", "\nItaly"]   # bare and KL
+    assert tokenizer.decode(batch.input_ids[batch.fact == 1][0, :2]) == "my dog"     # "dog" is not on the sink
+
+
+def test_a_massive_activation_does_not_set_its_targets_scale():
+    from sleep_core.editing.values import MASSIVE, target_scale
+    h0 = torch.zeros(5, 4)
+    h0[:, 0] = torch.tensor([150.0, 160.0, 21_000.0, 140.0, 155.0])
+    scale = target_scale(h0, torch.tensor([0, 0, 0, 1, 1]), 2)
+    assert scale.tolist() == [MASSIVE * 155.0, 155.0]      # capped at twice the median; the other target's own max
+
+
 def test_a_fact_about_a_known_subject_re_solves_its_kin(tiny_llama, tokenizer, store_dir, monkeypatch):
     memory = Memory.open(tiny_llama, tokenizer, _config(store_dir))
     name, other = memory.inject_now([SON[0], FACTS[0]])

@@ -20,7 +20,8 @@ from mlx_lm.models.cache import BatchKVCache
 
 from ...editing.hparams import EditConfig
 from ...editing.prompts import PromptBatch
-from ...editing.values import BY_TOKENS, Targets, rows_to_regroup, split_at_subject, suffix_groups, targets_reached
+from ...editing.values import (BY_TOKENS, Targets, rows_to_regroup, split_at_subject, suffix_groups, target_scale,
+                               targets_reached)
 from .capture import capture
 from .convert import to_mx, to_torch
 
@@ -129,7 +130,7 @@ def optimize_targets(adapter: MlxAdapter, batch: PromptBatch, layer: int, cfg: E
     for g in groups:
         h0[g.rows] = to_torch(g.h[:, 0])
     # the step size and the clamp scale with the residual norm of the model at hand
-    h_norm = torch.zeros(t).scatter_reduce(0, batch.target, h0.norm(dim=1), "amax", include_self=False)
+    h_norm = target_scale(h0, batch.target, t)
     opt = optim.Adam(cfg.v_step * h_norm.mean().item() / math.sqrt(d), bias_correction=True)  # torch's Adam
     h_norm = to_mx(h_norm)
     member = to_mx(F.one_hot(batch.fact_target, t).T.float())     # (t, n): which facts share each target
