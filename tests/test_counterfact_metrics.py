@@ -45,7 +45,8 @@ def answer_top1(model, tokenizer, prompt: str, answer: str) -> tuple[list[int], 
 def run_args(**settings) -> SimpleNamespace:
     """`counterfact`'s command line as run_mode reads it."""
     return SimpleNamespace(**{"model": None, "records": None, "format": "counterfact", "seed": 0, "bare": False,
-                              "batch": 1, "sleep_every": 0, "replay": False, "checkpoints": [2, 5], **settings})
+                              "batch": 1, "sleep_every": 0, "replay": False, "layers": None, "checkpoints": [2, 5],
+                              **settings})
 
 
 @pytest.fixture
@@ -178,3 +179,5 @@ def test_a_stopped_run_continues_where_it_ended_without_editing_a_record_twice(
 
     with pytest.raises(SystemExit, match="sleep_every"):
         run_mode(make_tiny(), tokenizer, records, "constrained", run_args(sleep_every=3), tmp_path, base)
+    with pytest.raises(SystemExit, match="layers"):         # other edited layers are another run
+        run_mode(make_tiny(), tokenizer, records, "constrained", run_args(sleep_every=2, layers=(0,)), tmp_path, base)

@@ -236,8 +236,9 @@ def run_mode(model, tokenizer, records, mode: str, args, store: Path, base: tupl
     base_scores, base_loc, heldout = base
     path = store / mode / "run.json"
     run = RunLog.open(path, {**stream(args), "batch": args.batch, "sleep_every": args.sleep_every,
-                             "replay": args.replay})
-    memory = open_memory(model, tokenizer, bench_config(store / mode, mode, edit_settings(args), replay=args.replay))
+                             "replay": args.replay, **({"layers": list(args.layers)} if args.layers else {})})
+    config = bench_config(store / mode, mode, edit_settings(args), replay=args.replay, layers=args.layers)
+    memory = open_memory(model, tokenizer, config)
     done = stored_edits(memory, records)
     if done:
         run.resumed_at.append(done)
@@ -307,6 +308,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--replay", action="store_true", help="sleep learns every fact again from the pristine weights "
                                                           "(MemoryConfig.replay) instead of consolidating its columns")
     p.add_argument("--bare", action="store_true", help="raw probes without the neutral lead-in (RAW_CONTEXT)")
+    p.add_argument("--layers", type=lambda s: tuple(int(x) for x in s.split(",")),
+                   help="edited layers, comma-separated (default: the architecture's, 3-8 on SmolLM2)")
     p.add_argument("--store", type=Path, help="keep the memory store and the figures so far here; a stopped run "
                                               "continues when given the same folder and settings (default: a new "
                                               "temporary folder)")
@@ -321,7 +324,7 @@ def main(argv: list[str]) -> int:
     result = {"benchmark": "zsre" if args.format == "zsre" else "counterfact",
               "model": model.config._name_or_path.rstrip("/").split("/")[-1], "records": len(records),
               "batch": args.batch, "seed": args.seed, "mode": runs[0]["mode"], "sleep_every": args.sleep_every,
-              "replay": args.replay, "base": base_figures, "checkpoints": runs[0]["checkpoints"], "runs": runs,
-              "peak_rss_mb": peak_rss_mb()}
+              "replay": args.replay, "layers": list(args.layers or []) or "default", "base": base_figures,
+              "checkpoints": runs[0]["checkpoints"], "runs": runs, "peak_rss_mb": peak_rss_mb()}
     emit(result, args, plot)
     return 0
