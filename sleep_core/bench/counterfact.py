@@ -324,7 +324,7 @@ def main(argv: list[str]) -> int:
     result = {"benchmark": "zsre" if args.format == "zsre" else "counterfact",
               "model": model.config._name_or_path.rstrip("/").split("/")[-1], "records": len(records),
               "batch": args.batch, "seed": args.seed, "mode": runs[0]["mode"], "sleep_every": args.sleep_every,
-              "replay": args.replay, "layers": list(args.layers or []) or "default", "base": base_figures,
+              "replay": args.replay, "layers": list(args.layers) if args.layers else None, "base": base_figures,
               "checkpoints": runs[0]["checkpoints"], "runs": runs, "peak_rss_mb": peak_rss_mb()}
     emit(result, args, plot)
     return 0

@@ -111,23 +111,23 @@ def _segments(tokenizer, facts: list[Fact], cfg: EditConfig, with_kl: bool, targ
     return out
 
 
-def _off_the_sink(tokenizer, seg: Segment) -> Segment:
-    """The segment, opened with a line break if its subject ends in its first token. A model's first position is its
-    attention sink (SmolLM2's residual there is ~5x any other token's at layer 8, ~150x at layer 11), so a key read
-    or a target written there is not the subject's, and the target's scale taken there is far too large."""
-    if seg.templated:
-        return seg
-    first = tokenizer(seg.text, return_offsets_mapping=True)["offset_mapping"]
-    if not first or first[0][1] < seg.subject_end:
-        return seg
-    return replace(seg, text="\n" + seg.text, subject_end=seg.subject_end + 1, answer_start=seg.answer_start + 1)
+def _encode(tokenizer, seg: Segment) -> tuple[Segment, dict]:
+    """The segment and its tokens, opened with a line break if its subject ends in its first token. A model's first
+    position is its attention sink (SmolLM2's residual there is ~5x any other token's at layer 8, ~150x at layer
+    11), so a key read or a target written there is not the subject's, and the target's scale taken there is far
+    too large."""
+    enc = tokenizer(seg.text, return_offsets_mapping=True, add_special_tokens=not seg.templated)
+    first = enc["offset_mapping"][:1]
+    if seg.templated or not first or first[0][1] < seg.subject_end:
+        return seg, enc
+    seg = replace(seg, text="\n" + seg.text, subject_end=seg.subject_end + 1, answer_start=seg.answer_start + 1)
+    return seg, tokenizer(seg.text, return_offsets_mapping=True)
 
 
 def build_batch(tokenizer, facts: list[Fact], cfg: EditConfig, with_kl: bool = True) -> PromptBatch:
     """Tokenize every prompt of every fact once; keys and targets are read from the same batch."""
     targets = shared_targets(facts, cfg)
-    segs = [_off_the_sink(tokenizer, s) for s in _segments(tokenizer, facts, cfg, with_kl, targets)]
-    enc = [tokenizer(s.text, return_offsets_mapping=True, add_special_tokens=not s.templated) for s in segs]
+    segs, enc = zip(*(_encode(tokenizer, s) for s in _segments(tokenizer, facts, cfg, with_kl, targets)))
     width = max(len(e["input_ids"]) for e in enc)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = torch.full((len(segs), width), pad, dtype=torch.long)
