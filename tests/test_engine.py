@@ -282,6 +282,32 @@ def test_bfloat16_steps_keep_h0_and_leave_the_model_as_they_found_it(tiny_llama,
     params[0].requires_grad_(True)
 
 
+def test_jitter_is_orthogonal_to_each_target_and_a_share_of_its_length():
+    from sleep_core.editing.values import jitter
+    delta = torch.randn(5, 32)
+    eps = jitter(delta, 0.3, torch.Generator().manual_seed(0))
+    assert torch.allclose((eps * delta).sum(1), torch.zeros(5), atol=1e-4)
+    assert torch.allclose(eps.norm(dim=1), 0.3 * delta.norm(dim=1), rtol=1e-5)
+    assert not torch.any(jitter(delta, 0.0, torch.Generator()))
+
+
+def test_jittered_targets_are_the_same_in_every_run_and_seed_mode_has_none(tiny_llama, tokenizer):
+    from sleep_core.editing.prompts import build_batch
+    adapter = ModelAdapter(tiny_llama)
+    layer, batch = adapter.layers[-1], build_batch(tokenizer, FACTS, EditConfig())
+    torch.manual_seed(1)
+    first = adapter.optimize_targets(batch, layer, EditConfig(v_steps=6, v_jitter=0.3))
+    torch.manual_seed(2)                                # the jitter draws from its own generator
+    again = adapter.optimize_targets(batch, layer, EditConfig(v_steps=6, v_jitter=0.3))
+    plain = adapter.optimize_targets(batch, layer, EditConfig(v_steps=6))
+    assert torch.equal(first.delta, again.delta)
+    assert not torch.equal(first.delta, plain.delta)
+    seed = EditConfig(mode="seed", v_steps=6)
+    seed_batch = build_batch(tokenizer, FACTS, seed)
+    assert torch.equal(adapter.optimize_targets(seed_batch, layer, seed).delta,
+                       adapter.optimize_targets(seed_batch, layer, replace(seed, v_jitter=0.3)).delta)
+
+
 def _spectrum(d: int = 16, used: int = 12):
     """A second moment whose general text uses `used` directions; the rest is a near-null space."""
     torch.manual_seed(0)

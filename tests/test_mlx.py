@@ -103,6 +103,15 @@ def test_factors_have_the_rank_of_the_batch(tiny_mlx, tokenizer, store_dir):
     memory.close()
 
 
+def test_jittered_targets_are_the_same_in_every_run(tiny_mlx, tokenizer):
+    adapter = adapter_for(tiny_mlx)
+    jittered = EditConfig(v_steps=6, v_jitter=0.3)
+    batch, layer = build_batch(tokenizer, FACTS, jittered), adapter.layers[-1]
+    first, again = (adapter.optimize_targets(batch, layer, jittered).delta for _ in range(2))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, adapter.optimize_targets(batch, layer, EditConfig(v_steps=6)).delta)
+
+
 def test_the_worker_thread_injects_and_a_new_memory_reapplies_the_store(tokenizer, store_dir):
     memory = Memory.open(_tiny_mlx(len(tokenizer)), tokenizer, _config(store_dir))
     memory.add(FACTS[0])                         # MLX evaluates on the worker thread

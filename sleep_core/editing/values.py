@@ -130,6 +130,17 @@ def _with_delta(h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return h + bump
 
 
+def jitter(delta: torch.Tensor, share: float, gen: torch.Generator) -> torch.Tensor:
+    """A random direction orthogonal to each row of `delta`, `share` times the row's norm long: a target that
+    still works with it added survives the write's error off the target (README, "Wake")."""
+    if not share:
+        return torch.zeros_like(delta)
+    unit = delta / delta.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    eps = torch.randn(delta.shape, generator=gen)
+    eps -= (eps * unit).sum(1, keepdim=True) * unit
+    return eps * share * delta.norm(dim=1, keepdim=True) / eps.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+
 def _run(adapter: ModelAdapter, g: _Group, layer: int, delta: torch.Tensor) -> torch.Tensor:
     """Normed final hidden states of the group's suffixes with `delta` (g, d) added after `layer`.
 
@@ -244,6 +255,7 @@ def _optimize(adapter: ModelAdapter, batch: PromptBatch, layer: int, cfg: EditCo
     opt, h_norm = None, None
     done = torch.zeros(t, dtype=torch.bool)
     prob = torch.zeros(n)
+    jitter_share, gen = (0.0 if cfg.seed else cfg.v_jitter), torch.Generator().manual_seed(0)  # same facts, same edit
     precise = True      # this step in the model's precision: with `half`, only to confirm that targets are reached
     ratio, share = grouping(adapter)
     groups, running = [_prepare(adapter, batch, rows) for rows in suffix_groups(batch, ratio)], P
@@ -251,7 +263,9 @@ def _optimize(adapter: ModelAdapter, batch: PromptBatch, layer: int, cfg: EditCo
         if (live := rows_to_regroup(batch, done, running, share)) is not None:
             groups, running = [_prepare(adapter, batch, rows) for rows in suffix_groups(batch, ratio, live)], len(live)
         with _full_precision(adapter) if precise else nullcontext():
-            outs = [_run(adapter, g, layer, delta[batch.target[g.rows]]) for g in groups]
+            deltas = [delta[batch.target[g.rows]] for g in groups]
+            outs = [_run(adapter, g, layer, d + jitter(d.detach(), jitter_share, gen))
+                    for g, d in zip(groups, deltas)]
         picked = torch.cat([out[g.answer[:, 0], g.answer[:, 1]] for g, out in zip(groups, outs)]
                            + [out[g.kl[:, 0], g.kl[:, 1]] for g, out in zip(groups, outs)])
         with _full_precision(adapter):    # one LM head pass a step: for few positions, reading its weight is the cost

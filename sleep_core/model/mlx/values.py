@@ -20,8 +20,8 @@ from mlx_lm.models.cache import BatchKVCache
 
 from ...editing.hparams import EditConfig
 from ...editing.prompts import PromptBatch
-from ...editing.values import (BY_TOKENS, Targets, rows_to_regroup, split_at_subject, suffix_groups, target_scale,
-                               targets_reached)
+from ...editing.values import (BY_TOKENS, Targets, jitter, rows_to_regroup, split_at_subject, suffix_groups,
+                               target_scale, targets_reached)
 from .capture import capture
 from .convert import to_mx, to_torch
 
@@ -97,13 +97,14 @@ def _log_softmax(logits: mx.array) -> mx.array:
     return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
 
-def _losses(adapter: MlxAdapter, groups: list[_Group], layer: int, delta: mx.array, log_p0: list):
+def _losses(adapter: MlxAdapter, groups: list[_Group], layer: int, delta: mx.array, log_p0: list, off: list):
     """Per-fact object NLL and KL from the unedited next-token distribution of the KL prompts (`log_p0`, None at
-    the first step, where the delta is zero), each group's KL log-probabilities, and every object token's NLL."""
+    the first step, where the delta is zero), each group's KL log-probabilities, and every object token's NLL;
+    `off`: each group's jitter, added to its rows' deltas."""
     nll = kl = mx.zeros(groups[0].nll_weight.shape[0])
     log_ps, token_nll = [], []
-    for g, p0 in zip(groups, log_p0):
-        out = _run(adapter, g, layer, delta[g.target])
+    for g, p0, e in zip(groups, log_p0, off):
+        out = _run(adapter, g, layer, delta[g.target] + e)
         logp = _log_softmax(adapter.head(out[g.answer[:, 0], g.answer[:, 1]]))
         token_nll.append(-mx.take_along_axis(logp, g.tokens[:, None], axis=1)[:, 0])
         nll = nll + g.nll_weight @ token_nll[-1]
@@ -135,20 +136,22 @@ def optimize_targets(adapter: MlxAdapter, batch: PromptBatch, layer: int, cfg: E
     h_norm = to_mx(h_norm)
     member = to_mx(F.one_hot(batch.fact_target, t).T.float())     # (t, n): which facts share each target
 
-    def objective(delta: mx.array, log_p0: list):
-        nll, kl, log_ps, token_nll = _losses(adapter, groups, layer, delta, log_p0)
+    def objective(delta: mx.array, log_p0: list, off: list):
+        nll, kl, log_ps, token_nll = _losses(adapter, groups, layer, delta, log_p0, off)
         loss = member @ (nll + cfg.kl_factor * kl) + cfg.v_weight_decay * (delta * delta).sum(1) / h_norm ** 2
         return loss.sum(), nll, log_ps, token_nll
 
     loss_and_grad = mx.value_and_grad(objective)
     delta, reference = mx.zeros((t, d)), {}      # reference: unedited log-probabilities at each KL prompt's end
     done, prob = np.zeros(t, dtype=bool), np.zeros(n, dtype=np.float32)
+    jitter_share, gen = (0.0 if cfg.seed else cfg.v_jitter), torch.Generator().manual_seed(0)
     for step in range(1, cfg.v_steps + 1):
         if (live := rows_to_regroup(batch, torch.from_numpy(done), running, share)) is not None:
             groups = [_prepare(adapter, batch, rows, layer, weights) for rows in suffix_groups(batch, ratio, live)]
             running = len(live)
         log_p0 = [mx.stack([reference[r] for r in g.kl_rows]) if reference and g.kl_rows else None for g in groups]
-        (_, nll, log_ps, token_nll), grad = loss_and_grad(delta, log_p0)
+        off = [to_mx(jitter(to_torch(delta[g.target]), jitter_share, gen)) for g in groups]
+        (_, nll, log_ps, token_nll), grad = loss_and_grad(delta, log_p0, off)
         prob = np.where(~done[batch.fact_target.numpy()], np.array(mx.exp(-nll)), prob)  # the forward pass only
         if step == 1:
             for g, log_p in zip(groups, log_ps):
