@@ -103,6 +103,13 @@ def test_answers_are_scored_by_word_starts():
     assert conversation.mentions("You moved from chicago", "Chicago")
 
 
+def test_every_benchmark_takes_the_jitter_and_the_step_precision_into_its_edits():
+    from sleep_core.bench.common import edit_settings, parser
+    args = parser("wake", "").parse_args(["--jitter", "0.3", "--step-precision", "float32"])
+    assert edit_settings(args) == EditConfig(v_jitter=0.3, v_bf16=False)
+    assert edit_settings(parser("wake", "").parse_args([])) == EditConfig()
+
+
 def test_wake_refuses_bitsandbytes_with_the_mlx_backend(capsys):
     from sleep_core.bench import wake
     with pytest.raises(SystemExit) as exit:

@@ -139,12 +139,15 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:1, ... (torch backend)")
     p.add_argument("--step-precision", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="precision of the target optimisation's Adam steps (auto: bfloat16 on a CPU that has it)")
+    p.add_argument("--jitter", type=float, default=EditConfig.v_jitter,
+                   help="targets found under a random error of this share of their length (EditConfig.v_jitter)")
     return p
 
 
 def edit_settings(args) -> EditConfig:
-    """The default edit settings, with the command line's step precision."""
-    return EditConfig(v_bf16={"auto": None, "float32": False, "bfloat16": True}[args.step_precision])
+    """The default edit settings, with the command line's step precision and jitter."""
+    return EditConfig(v_bf16={"auto": None, "float32": False, "bfloat16": True}[args.step_precision],
+                      v_jitter=args.jitter)
 
 
 def model_options(p: argparse.ArgumentParser) -> None:

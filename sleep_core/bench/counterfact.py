@@ -236,7 +236,8 @@ def run_mode(model, tokenizer, records, mode: str, args, store: Path, base: tupl
     base_scores, base_loc, heldout = base
     path = store / mode / "run.json"
     run = RunLog.open(path, {**stream(args), "batch": args.batch, "sleep_every": args.sleep_every,
-                             "replay": args.replay, **({"layers": list(args.layers)} if args.layers else {})})
+                             "replay": args.replay, **({"layers": list(args.layers)} if args.layers else {}),
+                             **({"jitter": args.jitter} if args.jitter else {})})
     config = bench_config(store / mode, mode, edit_settings(args), replay=args.replay, layers=args.layers)
     memory = open_memory(model, tokenizer, config)
     done = stored_edits(memory, records)

@@ -81,7 +81,7 @@ def main(argv: list[str]) -> int:
             for mode in args.mode.split(",")]
     result = {"benchmark": "wake", "model": model_folder(args.model).name,
               "seed": args.seed, "backend": args.backend, "dtype": args.dtype, "quantize": args.quantize,
-              "step_precision": args.step_precision,
+              "step_precision": args.step_precision, "jitter": args.jitter,
               "quantized_edits": args.quantized_edits if args.quantize != "none" else None,
               **{k: v for k, v in runs[0].items() if k != "inject_seconds"},
               "runs": runs, "peak_rss_mb": peak_rss_mb()}
