@@ -45,7 +45,8 @@ def answer_top1(model, tokenizer, prompt: str, answer: str) -> tuple[list[int], 
 def run_args(**settings) -> SimpleNamespace:
     """`counterfact`'s command line as run_mode reads it."""
     return SimpleNamespace(**{"model": None, "records": None, "format": "counterfact", "seed": 0, "bare": False,
-                              "batch": 1, "sleep_every": 0, "replay": False, "layers": None, "checkpoints": [2, 5],
+                              "batch": 1, "sleep_every": 0, "replay": False, "layers": None, "jitter": 0.0,
+                              "checkpoints": [2, 5],
                               **settings})
 
 
