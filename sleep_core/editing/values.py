@@ -10,7 +10,7 @@ while the first pass (h0, the KL reference) and the LM head stay in the model's 
 import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -133,12 +133,19 @@ def _with_delta(h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 def jitter(delta: torch.Tensor, share: float, gen: torch.Generator) -> torch.Tensor:
     """A random direction orthogonal to each row of `delta`, `share` times the row's norm long: a target that
     still works with it added survives the write's error off the target (README, "Wake")."""
-    if not share:
-        return torch.zeros_like(delta)
     unit = delta / delta.norm(dim=1, keepdim=True).clamp(min=1e-12)
     eps = torch.randn(delta.shape, generator=gen)
     eps -= (eps * unit).sum(1, keepdim=True) * unit
     return eps * share * delta.norm(dim=1, keepdim=True) / eps.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+def jitter_source(cfg: EditConfig) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """`jitter` at `cfg.v_jitter`, drawn from a generator of the optimisation's own so that the same facts get the
+    same edit in every process; None without jitter (the default, and `seed` mode)."""
+    if cfg.seed or not cfg.v_jitter:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    return lambda delta: jitter(delta, cfg.v_jitter, gen)
 
 
 def _run(adapter: ModelAdapter, g: _Group, layer: int, delta: torch.Tensor) -> torch.Tensor:
@@ -255,7 +262,7 @@ def _optimize(adapter: ModelAdapter, batch: PromptBatch, layer: int, cfg: EditCo
     opt, h_norm = None, None
     done = torch.zeros(t, dtype=torch.bool)
     prob = torch.zeros(n)
-    jitter_share, gen = (0.0 if cfg.seed else cfg.v_jitter), torch.Generator().manual_seed(0)  # same facts, same edit
+    noise = jitter_source(cfg)
     precise = True      # this step in the model's precision: with `half`, only to confirm that targets are reached
     ratio, share = grouping(adapter)
     groups, running = [_prepare(adapter, batch, rows) for rows in suffix_groups(batch, ratio)], P
@@ -264,7 +271,7 @@ def _optimize(adapter: ModelAdapter, batch: PromptBatch, layer: int, cfg: EditCo
             groups, running = [_prepare(adapter, batch, rows) for rows in suffix_groups(batch, ratio, live)], len(live)
         with _full_precision(adapter) if precise else nullcontext():
             deltas = [delta[batch.target[g.rows]] for g in groups]
-            outs = [_run(adapter, g, layer, d + jitter(d.detach(), jitter_share, gen))
+            outs = [_run(adapter, g, layer, d if noise is None else d + noise(d.detach()))
                     for g, d in zip(groups, deltas)]
         picked = torch.cat([out[g.answer[:, 0], g.answer[:, 1]] for g, out in zip(groups, outs)]
                            + [out[g.kl[:, 0], g.kl[:, 1]] for g, out in zip(groups, outs)])

@@ -20,7 +20,7 @@ from mlx_lm.models.cache import BatchKVCache
 
 from ...editing.hparams import EditConfig
 from ...editing.prompts import PromptBatch
-from ...editing.values import (BY_TOKENS, Targets, jitter, rows_to_regroup, split_at_subject, suffix_groups,
+from ...editing.values import (BY_TOKENS, Targets, jitter_source, rows_to_regroup, split_at_subject, suffix_groups,
                                target_scale, targets_reached)
 from .capture import capture
 from .convert import to_mx, to_torch
@@ -100,11 +100,11 @@ def _log_softmax(logits: mx.array) -> mx.array:
 def _losses(adapter: MlxAdapter, groups: list[_Group], layer: int, delta: mx.array, log_p0: list, off: list):
     """Per-fact object NLL and KL from the unedited next-token distribution of the KL prompts (`log_p0`, None at
     the first step, where the delta is zero), each group's KL log-probabilities, and every object token's NLL;
-    `off`: each group's jitter, added to its rows' deltas."""
+    `off`: each group's jitter to add to its rows' deltas, or None."""
     nll = kl = mx.zeros(groups[0].nll_weight.shape[0])
     log_ps, token_nll = [], []
     for g, p0, e in zip(groups, log_p0, off):
-        out = _run(adapter, g, layer, delta[g.target] + e)
+        out = _run(adapter, g, layer, delta[g.target] if e is None else delta[g.target] + e)
         logp = _log_softmax(adapter.head(out[g.answer[:, 0], g.answer[:, 1]]))
         token_nll.append(-mx.take_along_axis(logp, g.tokens[:, None], axis=1)[:, 0])
         nll = nll + g.nll_weight @ token_nll[-1]
@@ -144,13 +144,13 @@ def optimize_targets(adapter: MlxAdapter, batch: PromptBatch, layer: int, cfg: E
     loss_and_grad = mx.value_and_grad(objective)
     delta, reference = mx.zeros((t, d)), {}      # reference: unedited log-probabilities at each KL prompt's end
     done, prob = np.zeros(t, dtype=bool), np.zeros(n, dtype=np.float32)
-    jitter_share, gen = (0.0 if cfg.seed else cfg.v_jitter), torch.Generator().manual_seed(0)
+    noise = jitter_source(cfg)
     for step in range(1, cfg.v_steps + 1):
         if (live := rows_to_regroup(batch, torch.from_numpy(done), running, share)) is not None:
             groups = [_prepare(adapter, batch, rows, layer, weights) for rows in suffix_groups(batch, ratio, live)]
             running = len(live)
         log_p0 = [mx.stack([reference[r] for r in g.kl_rows]) if reference and g.kl_rows else None for g in groups]
-        off = [to_mx(jitter(to_torch(delta[g.target]), jitter_share, gen)) for g in groups]
+        off = [None if noise is None else to_mx(noise(to_torch(delta[g.target]))) for g in groups]
         (_, nll, log_ps, token_nll), grad = loss_and_grad(delta, log_p0, off)
         prob = np.where(~done[batch.fact_target.numpy()], np.array(mx.exp(-nll)), prob)  # the forward pass only
         if step == 1:
