@@ -105,8 +105,8 @@ def test_answers_are_scored_by_word_starts():
 
 def test_every_benchmark_takes_the_jitter_and_the_step_precision_into_its_edits():
     from sleep_core.bench.common import edit_settings, parser
-    args = parser("wake", "").parse_args(["--jitter", "0.3", "--step-precision", "float32"])
-    assert edit_settings(args) == EditConfig(v_jitter=0.3, v_bf16=False)
+    args = parser("wake", "").parse_args(["--jitter", "0", "--step-precision", "float32"])
+    assert edit_settings(args) == EditConfig(v_jitter=0.0, v_bf16=False)
     assert edit_settings(parser("wake", "").parse_args([])) == EditConfig()
 
 

@@ -16,9 +16,9 @@ class EditConfig:
     v_weight_decay: float = 0.5
     clamp_norm: float = 0.75           # |delta| <= clamp_norm * |h|
     # each step adds to each prompt's delta a random orthogonal direction this share of |delta| long: the write
-    # lands delta plus ~0.28 |delta| off it, which tips facts under unseen lead-ins; 0.3 raised raw recall and
-    # cost chat answers and time (README, "Wake"), so it is off by default
-    v_jitter: float = 0.0
+    # lands delta plus ~0.28 |delta| off it, which tips facts under unseen lead-ins; 0.3 raised 50-fact raw recall
+    # 0.86 -> 0.91 and conversational chat recall, for 1.26x the time per fact (README, "Wake"); 0 turns it off
+    v_jitter: float = 0.3
     # contexts before each raw prompt (ROME eq. 3 averages keys over contexts); five instead of three raise raw
     # recall under unseen lead-ins but cost 1.25x the time and chat answers (README, "Wake")
     prefixes: tuple[str, ...] = ("", "Here is what I know. ", "Remember this: ")

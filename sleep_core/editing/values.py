@@ -141,7 +141,7 @@ def jitter(delta: torch.Tensor, share: float, gen: torch.Generator) -> torch.Ten
 
 def jitter_source(cfg: EditConfig) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """`jitter` at `cfg.v_jitter`, drawn from a generator of the optimisation's own so that the same facts get the
-    same edit in every process; None without jitter (the default, and `seed` mode)."""
+    same edit in every process; None without jitter (`v_jitter` 0, and `seed` mode)."""
     if cfg.seed or not cfg.v_jitter:
         return None
     gen = torch.Generator().manual_seed(0)
