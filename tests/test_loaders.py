@@ -21,7 +21,8 @@ def _config(store_dir) -> MemoryConfig:
 
 def _device_map(**placed) -> dict:
     """Every top-level part of the tiny Llama on the CPU unless `placed` says otherwise (layer_N=...)."""
-    parts = ["model.embed_tokens", "model.norm", "model.rotary_emb", "lm_head"] + [f"model.layers.{i}" for i in range(4)]
+    parts = ["model.embed_tokens", "model.norm", "model.rotary_emb", "lm_head"]
+    parts += [f"model.layers.{i}" for i in range(4)]
     return {p: placed.get(p.replace("model.", "").replace(".", "_"), "cpu") for p in parts}
 
 

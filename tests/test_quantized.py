@@ -100,8 +100,9 @@ def test_cpu_repacking_is_switched_off_before_any_forward(saved):
 def test_weights_repacked_by_an_earlier_forward_are_unpacked(tokenizer, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(0)                                  # bitsandbytes repacks only shapes of 64 and more
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                                 num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
     model = _load(tmp_path, "nf4")
     down = model.model.layers[1].mlp.down_proj
     weight = bnb.functional.dequantize_4bit(down.weight.data, down.weight.quant_state).clone()

@@ -14,7 +14,8 @@ On a small model C has no exactly-zero eigenvalues (SmolLM2's span two decades),
 by energy and λ Λ_U keeps weighing the little general text that still uses it (MEMIT's C₀, restricted to U).
 The stored facts are MEMIT's "previously memorised associations" (its K₀K₀ᵀ, section 4.2) taken literally.
 
-Seed (the reference implementation):   diagonal C, earlier keys as zero-target rows: B = (λ diag C + K Kᵀ + K_p K_pᵀ)⁻¹ K.
+Seed (the reference implementation):   diagonal C, earlier keys as zero-target rows:
+                                       B = (λ diag C + K Kᵀ + K_p K_pᵀ)⁻¹ K.
 """
 from dataclasses import dataclass
 
