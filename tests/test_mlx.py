@@ -52,10 +52,10 @@ def tiny_mlx(tokenizer):
     return _tiny_mlx(len(tokenizer))
 
 
-def _config(store_dir, v_steps: int = 4, cov_tokens: int = 3000) -> MemoryConfig:
+def _config(store_dir, v_steps: int = 4, cov_tokens: int = 3000, **edit) -> MemoryConfig:
     """Float32 steps in both backends, so that their edits can be compared."""
     return MemoryConfig(store_dir=store_dir, auto_sleep=False,
-                        edit=EditConfig(cov_tokens=cov_tokens, v_steps=v_steps, v_bf16=False))
+                        edit=EditConfig(cov_tokens=cov_tokens, v_steps=v_steps, v_bf16=False, **edit))
 
 
 def _weights(memory) -> dict:
@@ -246,8 +246,11 @@ def test_torch_and_mlx_give_the_same_answers_and_read_each_others_stores(real_mo
     edited, answers = {}, {}
     for name, (net, tok) in backends.items():
         # the default covariance (shared through its cache with the other model tests): 3,000 tokens are
-        # too few for the 1,536-wide keys of the early layers edited by default
-        memory = Memory.open(net, tok, _config(tmp_path / name, v_steps=25, cov_tokens=EditConfig().cov_tokens))
+        # too few for the 1,536-wide keys of the early layers edited by default. Without the jitter, whose draws
+        # the two backends need not make alike: it is tested on its own above (with it, torch's edit of this pair
+        # missed "Aria lives in -> Portland" under the raw probe, stop 35)
+        memory = Memory.open(net, tok, _config(tmp_path / name, v_steps=25, cov_tokens=EditConfig().cov_tokens,
+                                               v_jitter=0.0))
         try:
             memory.inject_now(PARITY)
             edited[name], answers[name] = _dense(memory), _answers(net, memory.tokenizer, PARITY)
