@@ -105,6 +105,9 @@ class MemoryHolder:
             self._opened_for, self._notice = None, f"Busy, the memory will open after the current reply: {error}"
         except (UnsupportedModelError, StoreError, ValueError) as error:
             self._notice = f"The memory is off for {loaded.name}: {error}"
+        except Exception as error:      # the chat goes on without a memory, and the tab says why
+            log.exception("Sleeping LLM: opening the memory for %s failed", loaded.name)
+            self._notice = f"The memory is off for {loaded.name}: {type(error).__name__}: {error}"
 
     def _close(self) -> None:
         # Only when the model goes: the weights keep its edits, and a Memory opened again on the same
@@ -116,7 +119,7 @@ class MemoryHolder:
 
 def _apply_live_settings(config, settings: dict) -> None:
     config.learn, config.auto_sleep = bool(settings["learn"]), bool(settings["auto_sleep"])
-    config.replay = bool(settings["replay"])
+    config.replay, config.model_extraction = bool(settings["replay"]), bool(settings["model_extraction"])
     if float(settings["drowsiness_threshold"]) > 0:
         config.drowsiness_threshold = float(settings["drowsiness_threshold"])
     config.max_facts = fact_cap(settings)

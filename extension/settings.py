@@ -5,6 +5,7 @@ from pathlib import Path
 DEFAULTS = {
     "learn": True,
     "learn_from_api": False,
+    "model_extraction": False,
     "auto_sleep": True,
     "replay": False,
     "drowsiness_threshold": 1.0,
@@ -41,6 +42,7 @@ def memory_config(settings: dict, store_dir: Path):
         replay=bool(settings["replay"]),
         drowsiness_threshold=float(settings["drowsiness_threshold"]),
         learn=bool(settings["learn"]),
+        model_extraction=bool(settings["model_extraction"]),
         max_facts=fact_cap(settings),
     )
 

@@ -95,6 +95,8 @@ class MemoryTab:
                 self.setting_widgets = {
                     "learn": gr.Checkbox(values["learn"], label="Learn from chat messages"),
                     "learn_from_api": gr.Checkbox(values["learn_from_api"], label="Learn from API requests"),
+                    "model_extraction": gr.Checkbox(values["model_extraction"], label="Also ask the model for facts "
+                                                    "(JSON triples; a reply's delay on a CPU)"),
                     "auto_sleep": gr.Checkbox(values["auto_sleep"], label="Sleep automatically when drowsy"),
                     "replay": gr.Checkbox(values["replay"], label="Sleep learns every fact again from the pristine "
                                           "weights (less perplexity drift; as slow as learning them all)"),

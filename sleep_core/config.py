@@ -14,6 +14,9 @@ class MemoryConfig:
     mode: str = "constrained"                    # wake edits: constrained (AlphaEdit) or unconstrained (MEMIT)
     quantized_edits: str = "side_branch"         # bitsandbytes layers: a side branch x B Aᵀ, or requantize
     learn: bool = True
+    # the loaded model is also asked for JSON triples (LLMExtractor) beside the patterns: slow on a CPU and, with
+    # a model as small as the default, mostly refused by the grounding checks (README, "The model as extractor")
+    model_extraction: bool = False
     auto_sleep: bool = True
     drowsiness_threshold: float = 1.0
     wake_capacity: int = 50                      # wake edits the model holds well without sleep (measured)

@@ -1,5 +1,6 @@
 """Memory: the one object the extension, the app and the benchmarks use."""
 import contextlib
+import copy
 import logging
 import threading
 import time
@@ -14,7 +15,8 @@ from .cycle.wake import InjectionWorker
 from .editing.covariance import cached_moments
 from .editing.memit import MAX_BATCH, compute_edits
 from .editing.solve import LayerPrior, make_prior
-from .extract import Candidate, Rejection, extract, names_from, relatives
+from .eval import generate
+from .extract import Candidate, LLMExtractor, Rejection, extract, names_from, relatives
 from .memory.facts import Fact, FactEdit, about, subject_batches
 from .memory.ledger import WeightLedger
 from .memory.store import FactRecord, Store, StoreError, export_document, now, read_document
@@ -40,7 +42,8 @@ class Memory:
     """Facts in the weights of one loaded model, persisted in a store keyed by the model's fingerprint."""
 
     def __init__(self, model, tokenizer, config: MemoryConfig, weight_lock: Callable[[], ContextManager] = _no_lock):
-        self.config, self.tokenizer, self.weight_lock = config, hf_tokenizer(tokenizer), weight_lock
+        # a copy: edits and probes set padding on it from the worker thread, while the host encodes with its own
+        self.config, self.tokenizer, self.weight_lock = config, copy.deepcopy(hf_tokenizer(tokenizer)), weight_lock
         self.adapter = adapter_for(model, config.layers, config.quantized_edits)
         self.fingerprint = self.adapter.fingerprint()
         self.store = Store(config.store_dir / self.fingerprint, self.fingerprint, self.adapter.layers)
@@ -102,13 +105,20 @@ class Memory:
         chat (`new_chat`) has no earlier relatives for its pronouns."""
         if new_chat:
             self._mentioned = []
-        candidates, rejected = extract(text, source, names=names_from(r.fact for r in self.active_records()),
+        llm = LLMExtractor(self.ask_model) if self.config.model_extraction else None
+        candidates, rejected = extract(text, source, llm, names=names_from(r.fact for r in self.active_records()),
                                        mentioned=self._mentioned)
         self._mentioned = relatives((c.subject for c in candidates), self._mentioned)
         if self.config.learn:
             for c in candidates:
                 self.add(c.fact, c.source_text, source)
         return LearnResult(candidates, rejected, self.config.learn)
+
+    def ask_model(self, messages: list[dict], max_new_tokens: int = 256) -> str:
+        """The model's greedy reply to a chat, with the weights as they are (the model extractor's `generate`)."""
+        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        with self.weight_lock():
+            return generate(self.adapter.model, self.tokenizer, [prompt], max_new_tokens)[0]
 
     def add(self, fact: Fact, source_text: str = "", source: str = "chat") -> int:
         """Store `fact` as pending and queue it; it is injected by the worker."""
@@ -142,7 +152,8 @@ class Memory:
                 batch.pop(record.fact.key, None)      # the later value wins and keeps its place in the order
                 batch[record.fact.key] = record
             def says_the_same(r: FactRecord) -> bool:     # r's object is the one the batch writes for its key
-                return r.object.lower() == batch[r.fact.key].object.lower()
+                new = batch[r.fact.key]      # a correction may change the case alone, which chat would not
+                return r.object == new.object if new.source == "correction" else r.object.lower() == new.object.lower()
             active = self.active_records()
             same = [r for r in active if r.fact.key in batch]
             duplicates = [batch[r.fact.key] for r in same if says_the_same(r)]
@@ -195,7 +206,12 @@ class Memory:
         pressure = self.drowsiness()
         if self.config.auto_sleep and pressure >= self.config.drowsiness_threshold:
             log.info("drowsiness %.2f reached %.2f: sleeping", pressure, self.config.drowsiness_threshold)
-            self.sleep()
+            try:
+                self.sleep()
+            except TimeoutError:
+                raise                       # the model is busy: the fact is queued again, and the sleep with it
+            except Exception:               # its report says why; the next try comes after as many new facts
+                self.store.set_counter("wake_edits")
 
     def inject_now(self, facts: list[Fact], source: str = "api", together: bool = False) -> list[int]:
         """Store and inject facts synchronously (benchmarks and tests): one edit each, or one for all."""
@@ -260,8 +276,14 @@ class Memory:
     def correct(self, fact_id: int, new_object: str) -> FactRecord:
         """A new value for the fact's subject and relation; the old one is superseded."""
         old = self.store.fact(fact_id)
-        new_id = self.store.add_fact(Fact(old.subject, old.relation, new_object, old.questions),
-                                     old.source_text, "correction")
+        if new_object == old.object:
+            return old
+        with self._busy:
+            if fact_id not in self.ledger.columns and old.status != "superseded":
+                # never written (pending, or dropped): queued again on the next open, it would supersede the fix
+                self.store.drop_edits([fact_id], status="superseded")
+            new_id = self.store.add_fact(Fact(old.subject, old.relation, new_object, old.questions),
+                                         old.source_text, "correction")
         try:
             self.inject(new_id)
         except TimeoutError:
@@ -287,20 +309,31 @@ class Memory:
     def sleep(self, progress: Callable[[Progress], None] | None = None, nap: bool = False) -> SleepReport:
         report = SleepReport("nap" if nap else "sleep", now())
         clock = time.perf_counter()
-        with self._busy:     # up to the last status write: an injection waiting for the sleep comes after it
-            self.priors()
-            outcome = run_sleep(self, report, progress or (lambda p: None), nap)
-            self.commit_edits({}, outcome)
-            if not nap:
-                report.dropped = self._enforce_cap()
-                self.store.set_counter("wake_edits")
-                self.store.set_counter("unrepaired", len(self.store.facts(status="degraded")))
-        report.seconds = time.perf_counter() - clock
-        report.id = self.store.add_report(report.kind, report.started_at, report.to_dict())
+        try:
+            with self._busy:     # up to the last status write: an injection waiting for the sleep comes after it
+                self.priors()
+                outcome = run_sleep(self, report, progress or (lambda p: None), nap)
+                self.commit_edits({}, outcome)
+                if not nap:
+                    report.dropped = self._enforce_cap()
+                    self.store.set_counter("wake_edits")
+                    self.store.set_counter("unrepaired", len(self.store.facts(status="degraded")))
+        except TimeoutError:
+            raise                # the model was busy: nothing was tried
+        except Exception as error:
+            report.reason = f"failed: {type(error).__name__}: {error}"
+            log.exception("%s failed", report.kind)
+            self._file(report, clock)
+            raise
+        self._file(report, clock)
         log.info("%s #%d: %s (raw recall %.2f -> %.2f, perplexity %.2f -> %.2f, %.1f s)", report.kind, report.id,
                  report.reason, report.recall_before, report.recall_after, report.ppl_before, report.ppl_after,
                  report.seconds)
         return report
+
+    def _file(self, report: SleepReport, clock: float) -> None:
+        report.seconds = time.perf_counter() - clock
+        report.id = self.store.add_report(report.kind, report.started_at, report.to_dict())
 
     def _enforce_cap(self) -> list[dict]:
         """Over `max_facts`, the oldest unpinned facts leave the weights (their text stays, status "dropped")."""

@@ -243,3 +243,36 @@ def test_facts_a_kill_left_queued_are_written_on_opening_beside_the_others(make_
         assert set(reopened.ledger.columns) == set(written + queued), f"opening {attempt}"
         _assert_consistent(reopened, make_tiny)
         reopened.close()
+
+
+def test_closing_finishes_the_fact_in_hand_and_leaves_the_queued_ones_for_the_next_opening(make_tiny, tokenizer,
+                                                                                           store_dir):
+    """The host swaps models without warning: closing must not write the queue into the model that is going, nor
+    close the store under an injection; the facts it did not reach stay pending and are written on reopening."""
+    entered, release = threading.Event(), threading.Event()
+
+    @contextmanager
+    def gate():
+        if threading.current_thread().name == "sleeping-llm-inject" and not release.is_set():
+            entered.set()
+            release.wait(60)
+        yield
+
+    memory = Memory.open(make_tiny(), tokenizer, _config(store_dir), weight_lock=gate)
+    memory.priors()
+    ids = [memory.add(fact) for fact in FACTS[:4]]
+    assert entered.wait(60)
+    closer = threading.Thread(target=memory.close)
+    closer.start()
+    closer.join(0.5)
+    assert closer.is_alive(), "close returned while a fact was being written"
+    release.set()
+    closer.join(60)
+    assert not closer.is_alive()
+    edits, _, bad = committed(memory.store.folder)
+    assert not bad and set(edits) == {ids[0]}, "only the fact in hand was written"
+    reopened = Memory.open(make_tiny(), tokenizer, _config(store_dir))
+    assert reopened.wait_idle(120)
+    assert set(reopened.ledger.columns) == set(ids)
+    _assert_consistent(reopened, make_tiny)
+    reopened.close()

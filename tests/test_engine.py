@@ -435,6 +435,21 @@ def test_unsupported_architecture_is_named():
         ModelAdapter(model)
 
 
+def test_a_mixture_of_experts_is_refused_by_name():
+    from transformers import MixtralConfig, MixtralForCausalLM
+    model = MixtralForCausalLM(MixtralConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, intermediate_size=32,
+                                             num_attention_heads=2, num_key_value_heads=1, num_local_experts=2))
+    with pytest.raises(UnsupportedModelError, match="mixtral"):
+        ModelAdapter(model)
+
+
+def test_a_model_whose_layers_are_not_where_its_type_says_is_refused(make_tiny):
+    model = make_tiny()
+    model.config.model_type = "gemma3"       # the multimodal Gemma 3 keeps its layers under model.language_model
+    with pytest.raises(UnsupportedModelError, match="language_model"):
+        ModelAdapter(model)
+
+
 def test_conv1d_orientation_round_trips(make_tiny):
     adapter = ModelAdapter(make_tiny("gpt2"))
     layer = adapter.layers[0]

@@ -277,6 +277,14 @@ def test_a_loader_without_editable_weights_gets_a_notice_and_the_chat_works(shar
     assert loader in extension.host.holder(extension.params).notice()
 
 
+def test_a_store_folder_that_cannot_be_made_turns_the_memory_off_with_a_notice_and_the_chat_works(shared):
+    (shared.user_data_dir / "sleeping_llm").write_text("a file where the store folder should be")
+    extension = load_extension(shared)
+    reply, shown = chat_turn(extension, shared, FACT)
+    assert shown == reply and memory_of(extension) is None
+    assert "memory is off" in extension.host.holder(extension.params).notice()
+
+
 def test_no_model_loaded_keeps_hooks_quiet(shared):
     shared.model, shared.model_name = None, "None"
     extension = load_extension(shared)

@@ -1,5 +1,6 @@
 """The sleep cycle: rollback is bitwise, supersession replaces a value, drowsiness rises and falls, and a
 sleep repairs a damaged fact on the real model."""
+import copy
 import dataclasses
 from types import SimpleNamespace
 
@@ -85,6 +86,57 @@ def test_a_new_value_supersedes_the_old_one(tiny_llama, tokenizer, store_dir):
     assert {r.id: r.status for r in memory.facts()} == {old: "superseded", new: "healthy"}
     assert duplicate not in {r.id for r in memory.facts()}, "a duplicate is not stored twice"
     memory.close()
+
+
+def test_the_hosts_tokenizer_is_left_as_it_was(tiny_llama, tokenizer, store_dir):
+    """Probes pad on the left with a pad token: on the host's own tokenizer that would change how it encodes, and
+    the worker's encoding would race the host's."""
+    host_tokenizer = copy.deepcopy(tokenizer)
+    host_tokenizer.pad_token, host_tokenizer.padding_side = None, "right"
+    memory = _memory(tiny_llama, host_tokenizer, store_dir)
+    memory.inject_now(FACTS)
+    memory.sleep()
+    assert host_tokenizer.pad_token is None and host_tokenizer.padding_side == "right"
+    memory.close()
+
+
+def test_the_model_is_asked_for_facts_only_when_model_extraction_is_on(tiny_llama, tokenizer, store_dir,
+                                                                        monkeypatch):
+    memory = _memory(tiny_llama, tokenizer, store_dir, model_extraction=True)
+    replies, ask = [], memory.ask_model
+    monkeypatch.setattr(memory, "ask_model", lambda messages: replies.append(ask(messages)) or replies[-1])
+    before = _weights(memory)
+    learned = memory.learn("My dog's name is Biscuit.")
+    assert len(replies) == 1 and isinstance(replies[0], str)
+    assert "Biscuit" in [c.object for c in learned.accepted], "the patterns still run"
+    assert memory.wait_idle(120) and any(not torch.equal(before[l], w) for l, w in _weights(memory).items())
+    memory.config.model_extraction = False
+    memory.learn("My cat's name is Tom.")
+    assert len(replies) == 1
+    memory.close()
+
+
+def test_a_correction_of_the_case_alone_is_written(tiny_llama, tokenizer, store_dir):
+    memory = _memory(tiny_llama, tokenizer, store_dir)
+    old, = memory.inject_now([dataclasses.replace(DOG, object="rex")])
+    new = memory.correct(old, "Rex")
+    assert new.object == "Rex" and set(memory.ledger.columns) == {new.id}
+    assert {r.id: r.status for r in memory.facts()} == {old: "superseded", new.id: "healthy"}
+    memory.close()
+
+
+def test_a_correction_of_a_fact_never_written_outlives_a_restart(make_tiny, tokenizer, store_dir):
+    """A fact still pending (its injection failed, or a kill came first) is queued again on every open: corrected,
+    it must not come back over its correction."""
+    memory = _memory(make_tiny(), tokenizer, store_dir)
+    pending = memory.store.add_fact(DOG, "", "chat")
+    new = memory.correct(pending, "Rex")
+    memory.close()
+    reopened = _memory(make_tiny(), tokenizer, store_dir)
+    assert reopened.wait_idle(120)
+    assert [r.object for r in reopened.active_records()] == ["Rex"]
+    assert {r.id: r.status for r in reopened.facts()} == {pending: "superseded", new.id: "healthy"}
+    reopened.close()
 
 
 def test_facts_injected_together_are_one_solve_and_the_batch_supersedes_within_itself(
@@ -276,7 +328,27 @@ def test_a_sleep_that_fails_midway_leaves_the_weights_and_the_store_as_they_were
     assert solves == [2, 1]
     assert memory.ledger.snapshot() == columns
     assert all(torch.equal(before[l], memory.adapter.read_weight(l)) for l in before)
-    assert memory.sleep_reports() == [] and {r.id for r in memory.active_records()} == set(ids)
+    assert {r.id for r in memory.active_records()} == set(ids)
+    report, = memory.sleep_reports()
+    assert not report["committed"] and report["reason"].startswith("failed: FloatingPointError")
+    memory.close()
+
+
+def test_a_failed_automatic_sleep_is_tried_again_only_after_as_many_new_facts(
+        tiny_llama, tokenizer, store_dir, monkeypatch):
+    import sleep_core.facade as facade
+
+    def failing(*args):
+        raise MemoryError("out of memory in the audit")
+    monkeypatch.setattr(facade, "run_sleep", failing)
+    memory = _memory(tiny_llama, tokenizer, store_dir, auto_sleep=True, wake_capacity=2)
+    more = [Fact(name, "lives in", city, (f"Where does {name} live?",)) for name, city in (("Bruno", "Lisbon"),
+                                                                                          ("Chidi", "Lagos"))]
+    ids = [memory.add(fact) for fact in FACTS + more]
+    assert memory.wait_idle(120)
+    assert {r.id: r.status for r in memory.facts()} == {i: "healthy" for i in ids}
+    assert [(r["committed"], r["reason"]) for r in memory.sleep_reports()] == [
+        (False, "failed: MemoryError: out of memory in the audit")] * 2, "after the second and the fourth fact"
     memory.close()
 
 

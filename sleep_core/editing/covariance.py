@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 class SecondMoment:
-    """Running uncentred second moment, resumable through state_dict / load_state_dict."""
+    """Running uncentred second moment of keys."""
 
     def __init__(self, dim: int):
         self.sum = torch.zeros(dim, dim, dtype=torch.float64)
@@ -27,12 +27,6 @@ class SecondMoment:
 
     def moment(self) -> torch.Tensor:
         return (self.sum / max(self.count, 1)).float()
-
-    def state_dict(self) -> dict:
-        return {"sum": self.sum, "count": torch.tensor(self.count)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sum, self.count = state["sum"].double(), int(state["count"])
 
 
 def token_windows(tokenizer, texts: Iterable[str], max_tokens: int, width: int) -> Iterable[torch.Tensor]:

@@ -11,6 +11,9 @@ from .weights import LayerWeight, check_supported, in_features, is_bitsandbytes,
 
 def _get(obj, path: str):
     for part in path.split("."):
+        if not isinstance(obj, torch.nn.Module) or not hasattr(obj, part):
+            raise UnsupportedModelError(f"{type(obj).__name__} has no '{part}' (looked for '{path}'): this variant "
+                                        "of the architecture keeps its layers elsewhere and cannot be edited.")
         obj = getattr(obj, part)
     return obj
 

@@ -36,7 +36,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     "gpt2": Architecture("transformer.h", "mlp.c_proj", "transformer.ln_f", conv1d=True),
 }
 
-ALIASES = {"smollm": "llama", "smollm3": "llama", "mixtral": "mistral", "qwen2_moe": "qwen2"}
+# Mixtral and Qwen2-MoE are not aliases of their dense kin: their MLP is a set of experts behind a router, with no
+# single output projection to edit
+ALIASES = {"smollm": "llama", "smollm3": "llama"}
 
 
 class UnsupportedModelError(ValueError):

@@ -11,7 +11,8 @@ SAMPLE = 4096
 def fingerprint(model_type: str, config, weights: Iterable, to_bytes: Callable[[object], bytes]) -> str:
     """`weights`: each layer's MLP output weight as stored, flattened; `to_bytes`: a slice of one as raw bytes.
 
-    The folder name is left out so the same weights share one memory in the app and in the host."""
+    The folder name is left out, so the same weights loaded from another folder (a copy, a moved download)
+    find their memory and their cached statistics."""
     h = hashlib.sha256()
     h.update(json.dumps({k: getattr(config, k, None) for k in SHAPE}, sort_keys=True).encode())
     for w in weights:       # the first values, then an even stride over all of them
