@@ -39,6 +39,7 @@ class MemoryHolder:
         self._opened_for: Callable[[], object] | None = None  # a weak reference to the model last seen
         self._notice = ""
         self._opening = threading.Lock()
+        self._closed = threading.Event()
 
     def memory(self) -> Memory | None:
         """The Memory of the current model, opened first if the model changed.
@@ -86,7 +87,21 @@ class MemoryHolder:
         memory = self.memory()
         return memory.learn(text, source=source, new_chat=new_chat) if memory is not None else None
 
+    def watch(self, interval: float = 1.0) -> None:
+        """Close the memory within `interval` seconds of the host dropping its model: the memory holds the model
+        and the edited layers' pristine copies, which would otherwise sit in GPU memory while the next model
+        loads. The next turn opens the new model's memory as usual."""
+        def run() -> None:
+            while not self._closed.wait(interval):
+                with self._opening:
+                    if self._memory is not None and self._opened_for() is not self._loaded().model:
+                        log.info("Sleeping LLM: the model was unloaded; its memory is closed")
+                        self._close()
+                        self._opened_for = None
+        threading.Thread(target=run, name="sleeping-llm-watch", daemon=True).start()
+
     def close(self) -> None:
+        self._closed.set()
         with self._opening:
             self._close()
 

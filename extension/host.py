@@ -71,6 +71,7 @@ def holder(settings: dict) -> MemoryHolder:
     global _holder
     if _holder is None:
         _holder = MemoryHolder(editable_model, settings, shared.user_data_dir / STORE_FOLDER, weight_lock, multi_user)
+        _holder.watch()
     _holder.settings = settings
     return _holder
 

@@ -7,6 +7,7 @@ model is a tiny random-weight Llama with the default model's tokenizer.
 """
 
 import argparse
+import gc
 import html
 import importlib.util
 import inspect
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 from pathlib import Path
 
 import pytest
@@ -306,6 +308,23 @@ def test_a_new_model_object_gets_the_stored_memory_before_it_answers(extension, 
     assert [f.id for f in facts_after(extension)] == [f.id for f in learned]
     for name, tensor in shared.model.state_dict().items():
         assert torch.equal(tensor, expected[name]), name
+
+
+def test_an_unloaded_model_is_freed_before_the_next_one_loads(extension, shared, model_dir):
+    """The Model tab unloads (shared.model = None, then gc) before it loads the next model: a memory still holding
+    the old one would keep both in GPU memory."""
+    chat_turn(extension, shared, FACT)
+    learned = facts_after(extension)
+    old = weakref.ref(shared.model)
+    shared.model, shared.model_name = None, "None"
+    deadline = time.monotonic() + HOOK_TIMEOUT_S
+    while memory_of(extension) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    gc.collect()
+    assert old() is None, "the unloaded model is still referenced"
+    shared.model, shared.model_name = load_model(model_dir), "tiny-llama"
+    chat_turn(extension, shared, "What a day.", state={})
+    assert [f.id for f in facts_after(extension)] == [f.id for f in learned]
 
 
 def test_a_new_model_used_only_by_the_notebook_gets_its_memory_after_the_reply(extension, shared, model_dir):
