@@ -9,12 +9,12 @@ from .fingerprint import fingerprint
 from .weights import LayerWeight, check_supported, in_features, is_bitsandbytes, layer_weight
 
 
-def _get(obj, path: str):
+def _get(obj, path: str) -> torch.nn.Module:
     for part in path.split("."):
-        if not isinstance(obj, torch.nn.Module) or not hasattr(obj, part):
-            raise UnsupportedModelError(f"{type(obj).__name__} has no '{part}' (looked for '{path}'): this variant "
-                                        "of the architecture keeps its layers elsewhere and cannot be edited.")
-        obj = getattr(obj, part)
+        owner, obj = obj, getattr(obj, part, None)
+        if not isinstance(obj, torch.nn.Module):
+            raise UnsupportedModelError(f"{type(owner).__name__} has no module '{part}' (looked for '{path}'): this "
+                                        "variant of the architecture keeps its layers elsewhere and cannot be edited.")
     return obj
 
 
