@@ -326,6 +326,8 @@ def _summary(report: dict | None) -> str:
     """One line about a sleep or nap report (as the store keeps it)."""
     if report is None:
         return ""
+    if report.get("failed"):        # older reports lack the key
+        return f"**{report['kind'].capitalize()} #{report.get('id', '')}** failed: {report['reason']}."
     verdict = "committed" if report["committed"] else f"weights kept as they were ({report['reason']})"
     when = report["started_at"][:16].replace("T", " ")
     return (f"**{report['kind'].capitalize()} #{report.get('id', '')}**, {when}: {verdict} in "
@@ -351,7 +353,7 @@ def _figure(reports: list[dict]):
         from matplotlib.figure import Figure
     except ImportError:
         return None
-    sleeps = [r for r in reversed(reports) if r["kind"] == "sleep"]
+    sleeps = [r for r in reversed(reports) if r["kind"] == "sleep" and not r.get("failed")]
     if not sleeps:
         return None
     figure = Figure(figsize=(8, 3), tight_layout=True)

@@ -321,7 +321,7 @@ class Memory:
         except TimeoutError:
             raise                # the model was busy: nothing was tried
         except Exception as error:
-            report.reason = f"failed: {type(error).__name__}: {error}"
+            report.failed, report.reason = True, f"{type(error).__name__}: {error}"
             log.exception("%s failed", report.kind)
             self._file(report, clock)
             raise

@@ -25,6 +25,7 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from sleep_core.assets import ensure_default_model
+from sleep_core import EditConfig, Fact, Memory, MemoryConfig
 
 EXTENSION = Path(__file__).resolve().parents[1] / "extension"
 NAME = "sleeping_llm"
@@ -390,3 +391,22 @@ def test_the_sleep_settings_reach_the_memory_config_and_change_live(tmp_path):
     assert config.replay and config.max_facts == 5
     _apply_live_settings(config, dict(DEFAULTS))
     assert not config.replay and config.max_facts is None
+
+
+def test_a_failed_sleep_is_shown_as_failed_and_left_out_of_the_plots(make_tiny, tokenizer, store_dir, monkeypatch):
+    import sleep_core.facade as facade
+    from extension.tab import _figure, _summary
+    memory = Memory.open(make_tiny(), tokenizer, MemoryConfig(store_dir=store_dir, ppl_tokens=256,
+                                                              edit=EditConfig(cov_tokens=3000, v_steps=4)))
+    memory.inject_now([Fact("Aria", "lives in", "Portland", ("Where does Aria live?",))])
+    memory.sleep()
+    run_sleep = facade.run_sleep
+    monkeypatch.setattr(facade, "run_sleep", lambda *a: (_ for _ in ()).throw(MemoryError("out of memory")))
+    with pytest.raises(MemoryError):
+        memory.sleep()
+    monkeypatch.setattr(facade, "run_sleep", run_sleep)
+    failed, slept = memory.sleep_reports()
+    assert _summary(failed).endswith("failed: MemoryError: out of memory.") and "Recall" in _summary(slept)
+    recall, _ = _figure([failed, slept]).axes
+    assert all(len(line.get_xdata()) == 1 for line in recall.get_lines()), "one sleep in the plot"
+    memory.close()

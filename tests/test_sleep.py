@@ -330,7 +330,7 @@ def test_a_sleep_that_fails_midway_leaves_the_weights_and_the_store_as_they_were
     assert all(torch.equal(before[l], memory.adapter.read_weight(l)) for l in before)
     assert {r.id for r in memory.active_records()} == set(ids)
     report, = memory.sleep_reports()
-    assert not report["committed"] and report["reason"].startswith("failed: FloatingPointError")
+    assert report["failed"] and not report["committed"] and report["reason"].startswith("FloatingPointError")
     memory.close()
 
 
@@ -347,8 +347,8 @@ def test_a_failed_automatic_sleep_is_tried_again_only_after_as_many_new_facts(
     ids = [memory.add(fact) for fact in FACTS + more]
     assert memory.wait_idle(120)
     assert {r.id: r.status for r in memory.facts()} == {i: "healthy" for i in ids}
-    assert [(r["committed"], r["reason"]) for r in memory.sleep_reports()] == [
-        (False, "failed: MemoryError: out of memory in the audit")] * 2, "after the second and the fourth fact"
+    assert [(r["failed"], r["reason"]) for r in memory.sleep_reports()] == [
+        (True, "MemoryError: out of memory in the audit")] * 2, "after the second and the fourth fact"
     memory.close()
 
 

@@ -34,6 +34,7 @@ class SleepReport:
     started_at: str
     seconds: float = 0.0
     committed: bool = False
+    failed: bool = False            # an error stopped it (`reason` says which); its figures were never measured
     reason: str = ""
     recall_before: float = 0.0
     recall_after: float = 0.0
