@@ -96,7 +96,7 @@ class MemoryTab:
                     "learn": gr.Checkbox(values["learn"], label="Learn from chat messages"),
                     "learn_from_api": gr.Checkbox(values["learn_from_api"], label="Learn from API requests"),
                     "model_extraction": gr.Checkbox(values["model_extraction"], label="Also ask the model for facts "
-                                                    "(JSON triples; a reply's delay on a CPU)"),
+                                                    "(JSON triples; slow on a CPU: the next turn waits)"),
                     "auto_sleep": gr.Checkbox(values["auto_sleep"], label="Sleep automatically when drowsy"),
                     "replay": gr.Checkbox(values["replay"], label="Sleep learns every fact again from the pristine "
                                           "weights (less perplexity drift; as slow as learning them all)"),
