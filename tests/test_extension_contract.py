@@ -400,11 +400,12 @@ def test_a_failed_sleep_is_shown_as_failed_and_left_out_of_the_plots(make_tiny, 
                                                               edit=EditConfig(cov_tokens=3000, v_steps=4)))
     memory.inject_now([Fact("Aria", "lives in", "Portland", ("Where does Aria live?",))])
     memory.sleep()
-    run_sleep = facade.run_sleep
-    monkeypatch.setattr(facade, "run_sleep", lambda *a: (_ for _ in ()).throw(MemoryError("out of memory")))
-    with pytest.raises(MemoryError):
-        memory.sleep()
-    monkeypatch.setattr(facade, "run_sleep", run_sleep)
+    def failing(*args):
+        raise MemoryError("out of memory")
+    with monkeypatch.context() as patch:
+        patch.setattr(facade, "run_sleep", failing)
+        with pytest.raises(MemoryError):
+            memory.sleep()
     failed, slept = memory.sleep_reports()
     assert _summary(failed).endswith("failed: MemoryError: out of memory.") and "Recall" in _summary(slept)
     recall, _ = _figure([failed, slept]).axes
